@@ -1,0 +1,277 @@
+"""The client protocol every stage speaks: event names, payload types, conversation
+ids, error codes and the validation of every inbound payload (DESIGN.md section 3).
+
+Pure data and checks, no I/O: servers, clients, load tests and the simulator all
+import this module, so a payload means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+# Client -> server events (each takes an ack callback).
+HELLO = "hello"
+SEND = "send"
+CREATE_GROUP = "create_group"
+LATEST = "latest"
+SYNC = "sync"
+CLIENT_EVENTS = (HELLO, SEND, CREATE_GROUP, LATEST, SYNC)
+
+# Server -> client events.
+MESSAGE = "message"
+GROUP_CREATED = "group_created"
+
+# Feature names a stage announces in its `hello` ack.
+FEATURE_DM = "dm"
+FEATURE_GROUPS = "groups"
+FEATURE_HISTORY = "history"
+FEATURE_TOKEN_AUTH = "token_auth"
+
+MAX_BODY_BYTES = 4096
+MAX_GROUP_MEMBERS = 1000
+MAX_GROUP_NAME = 100
+MAX_SYNC_LIMIT = 500
+DEFAULT_SYNC_LIMIT = 100
+MAX_CLIENT_MSG_ID = 128
+
+_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_GROUP_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_CLIENT_MSG_ID)
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    RECIPIENT_OFFLINE = "recipient_offline"
+    UNSUPPORTED = "unsupported"
+    UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; becomes an error ack (or a refused connect)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def ack(self) -> dict[str, Any]:
+        return error_ack(self.code, self.message)
+
+
+def ok_ack(**fields: Any) -> dict[str, Any]:
+    return {"ok": True, **fields}
+
+
+def error_ack(code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": str(code), "message": message}}
+
+
+def bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
+# ---------------------------------------------------------------- identifiers
+
+
+def check_user_id(value: object, field: str = "user") -> str:
+    if not isinstance(value, str) or not _USER_RE.match(value):
+        raise bad(f"{field} must be 1-64 characters of [A-Za-z0-9_.-]")
+    return value
+
+
+def check_group_id(value: object) -> str:
+    if not isinstance(value, str) or not _GROUP_ID_RE.match(value):
+        raise bad("group must be 1-64 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def dm_conv(a: str, b: str) -> str:
+    lo, hi = sorted((a, b))
+    return f"dm:{lo}:{hi}"
+
+
+def group_conv(group_id: str) -> str:
+    return f"group:{group_id}"
+
+
+ConvKind = Literal["dm", "group"]
+
+
+@dataclass(frozen=True, slots=True)
+class Conv:
+    """A parsed conversation id: `dm:<a>:<b>` or `group:<id>`."""
+
+    kind: ConvKind
+    id: str
+    members: tuple[str, ...] = ()  # the two users of a dm; empty for a group
+
+    @property
+    def group_id(self) -> str:
+        return self.id.removeprefix("group:")
+
+
+def parse_conv(value: object) -> Conv:
+    if not isinstance(value, str):
+        raise bad("conv must be a string")
+    kind, _, rest = value.partition(":")
+    if kind == "group":
+        check_group_id(rest)
+        return Conv("group", value)
+    if kind == "dm":
+        a, sep, b = rest.partition(":")
+        if not sep:
+            raise bad("dm conv must be dm:<a>:<b>")
+        check_user_id(a, "conv")
+        check_user_id(b, "conv")
+        if a >= b:
+            raise bad("dm conv must name two different users in sorted order")
+        return Conv("dm", value, (a, b))
+    raise bad("conv must start with dm: or group:")
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def _require_dict(payload: object) -> dict[str, Any]:
+    if payload is None:
+        return {}
+    if not isinstance(payload, dict):
+        raise bad("payload must be a JSON object")
+    return payload
+
+
+def _finite_number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad(f"{field} must be a finite number")
+    return float(value)
+
+
+def _int_field(value: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise bad(f"{field} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    client_msg_id: str
+    body: str
+    sent_at: float
+    to: str | None = None
+    group: str | None = None
+
+    def conv_for(self, sender: str) -> str:
+        if self.group is not None:
+            return group_conv(self.group)
+        assert self.to is not None
+        return dm_conv(sender, self.to)
+
+
+def parse_send(payload: object, sender: str) -> SendRequest:
+    p = _require_dict(payload)
+    to, group = p.get("to"), p.get("group")
+    if (to is None) == (group is None):
+        raise bad("send needs exactly one of 'to' or 'group'")
+    if to is not None:
+        check_user_id(to, "to")
+        if to == sender:
+            raise bad("cannot send a direct message to yourself")
+    if group is not None:
+        check_group_id(group)
+    cmid = p.get("client_msg_id")
+    if not isinstance(cmid, str) or not _CLIENT_MSG_ID_RE.match(cmid):
+        raise bad(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} printable ASCII characters")
+    body = p.get("body")
+    if not isinstance(body, str):
+        raise bad("body must be a string")
+    if len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise bad(f"body exceeds {MAX_BODY_BYTES} bytes")
+    sent_at = _finite_number(p.get("sent_at"), "sent_at")
+    return SendRequest(client_msg_id=cmid, body=body, sent_at=sent_at, to=to, group=group)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroupRequest:
+    members: tuple[str, ...]  # sorted, unique, includes the creator
+    name: str
+
+
+def parse_create_group(payload: object, creator: str) -> CreateGroupRequest:
+    p = _require_dict(payload)
+    members = p.get("members")
+    if not isinstance(members, list) or not members:
+        raise bad("members must be a non-empty list of user ids")
+    if len(members) > MAX_GROUP_MEMBERS:
+        raise bad(f"a group has at most {MAX_GROUP_MEMBERS} members")
+    unique = {check_user_id(m, "members[]") for m in members} | {creator}
+    name = p.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_GROUP_NAME:
+        raise bad(f"name must be a string of at most {MAX_GROUP_NAME} characters")
+    return CreateGroupRequest(members=tuple(sorted(unique)), name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    conv: Conv
+    after_seq: int
+    limit: int
+
+
+def parse_sync(payload: object) -> SyncRequest:
+    p = _require_dict(payload)
+    conv = parse_conv(p.get("conv"))
+    after = _int_field(p.get("after_seq", 0), "after_seq", 0, 2**62)
+    limit = _int_field(p.get("limit", DEFAULT_SYNC_LIMIT), "limit", 1, MAX_SYNC_LIMIT)
+    return SyncRequest(conv=conv, after_seq=after, limit=limit)
+
+
+def parse_empty(payload: object) -> None:
+    _require_dict(payload)
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored (or, in v1, relayed) message, as pushed in the `message` event."""
+
+    conv: str
+    msg_id: str
+    seq: int | None
+    sender: str
+    body: str
+    sent_at: float
+    server_ts: float
+    client_msg_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        seq = d.get("seq")
+        return cls(
+            conv=str(d["conv"]),
+            msg_id=str(d["msg_id"]),
+            seq=None if seq is None else int(seq),
+            sender=str(d["sender"]),
+            body=str(d["body"]),
+            sent_at=float(d["sent_at"]),
+            server_ts=float(d["server_ts"]),
+            client_msg_id=str(d["client_msg_id"]),
+        )
+
+
+def refusal(code: ErrorCode, message: str) -> dict[str, Any]:
+    """The data of a refused connect (socketio ConnectionRefusedError argument)."""
+    return {"code": str(code), "message": message}

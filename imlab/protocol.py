@@ -40,7 +40,7 @@ MAX_CLIENT_MSG_ID = 128
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _GROUP_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_CLIENT_MSG_ID)
+_CLIENT_MSG_ID_RE = re.compile(rf"^[\x21-\x7e]{{1,{MAX_CLIENT_MSG_ID}}}$")
 
 
 class ErrorCode(StrEnum):

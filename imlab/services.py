@@ -113,6 +113,11 @@ class Service(ABC):
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float | None = None) -> Self:
+        """Spawn the process and wait until it answers its probe."""
+        return self.spawn().wait_ready(timeout)
+
+    def spawn(self) -> Self:
+        """Spawn the process without waiting (start several, then `wait_ready` each)."""
         if self.running():
             return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
@@ -128,12 +133,17 @@ class Service(ABC):
         )
         with _live_lock:
             _live.add(self)
-        deadline = time.monotonic() + (timeout or self.start_timeout)
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> Self:
+        limit = timeout or self.start_timeout
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
                 self.stop()
                 raise ServiceError(
-                    f"{self.name} exited with code {self.proc.returncode} during start-up; "
+                    f"{self.name} exited with code {code} during start-up; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             with contextlib.suppress(OSError):
@@ -143,7 +153,7 @@ class Service(ABC):
         self.stop()
         raise ServiceError(
             f"{self.name} did not become ready on {self.address} within "
-            f"{timeout or self.start_timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}"
+            f"{limit:.0f}s; log {self.log_path}:\n{self.log_tail()}"
         )
 
     def _signal_group(self, sig: signal.Signals) -> None:
@@ -280,7 +290,7 @@ def kafka_metadata_ok(host: str, port: int, timeout: float = 0.5) -> bool:
         (size,) = struct.unpack(">i", header)
         payload = _recv_exact(s, size)
     correlation_id, n_brokers = struct.unpack(">ii", payload[:8])
-    return correlation_id == 7 and n_brokers >= 1
+    return bool(correlation_id == 7 and n_brokers >= 1)
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:
@@ -346,4 +356,5 @@ class ProcessService(Service):
 
     def probe(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5) as resp:
-            return int(resp.status) == 200
+            status: int = resp.status
+            return status == 200

@@ -1,0 +1,202 @@
+"""A whole stage on this machine: its Redis, its Kafka broker and its processes
+(servers, gateways, workers), started on free loopback ports into one run folder
+with logs and a manifest, and stopped together.
+
+`imlab up`, `imlab load` and the test fixtures all go through `Cluster`, so a
+stage runs the same way everywhere. Stage processes are named here by module
+path only: imlab never imports a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from imlab.services import KafkaService, ProcessService, RedisService, Service
+
+STAGES = ("v1", "v2", "v3", "v4")
+DEFAULT_SECRET = "imlab-dev-secret-change-me"
+_PACKAGES = ("python-socketio", "aiohttp", "aiokafka", "redis", "locust", "simpy", "imlab")
+
+
+@dataclass
+class ClusterSpec:
+    """What to run: the stage and its process counts, and optional external services."""
+
+    stage: str
+    servers: int = 1  # v3 servers, v4 gateways
+    workers: int = 2  # v4 consumer workers
+    redis_url: str | None = None  # use this Redis instead of starting one
+    kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting Tansu
+    secret: str = DEFAULT_SECRET  # v4 token signing secret
+    durable_redis: bool = False  # keep an AOF, so a Redis kill/restart loses nothing
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose from {', '.join(STAGES)}")
+        if self.stage in ("v1", "v2"):
+            self.servers = 1
+        if self.servers < 1 or (self.stage == "v4" and self.workers < 1):
+            raise ValueError("a stage needs at least one server/gateway (and one v4 worker)")
+
+    @property
+    def needs_redis(self) -> bool:
+        return self.stage != "v1"
+
+    @property
+    def needs_kafka(self) -> bool:
+        return self.stage in ("v3", "v4")
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+class Cluster:
+    """Starts and stops one stage; `endpoints` are the client-facing URLs."""
+
+    def __init__(self, spec: ClusterSpec, run_dir: Path | str) -> None:
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.redis: RedisService | None = None
+        self.kafka: KafkaService | None = None
+        self.nodes: dict[str, ProcessService] = {}  # servers/gateways (client-facing)
+        self.workers: dict[str, ProcessService] = {}
+        self.started_at: float | None = None
+
+    # ------------------------------------------------------------ addresses
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.spec.redis_url or (self.redis.url if self.redis else None)
+
+    @property
+    def kafka_bootstrap(self) -> str | None:
+        return self.spec.kafka_bootstrap or (self.kafka.bootstrap if self.kafka else None)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [svc.url for svc in self.nodes.values()]
+
+    def services(self) -> list[Service]:
+        infra: list[Service] = [s for s in (self.redis, self.kafka) if s is not None]
+        return [*infra, *self.nodes.values(), *self.workers.values()]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Cluster:
+        self.started_at = time.time()
+        try:
+            if self.spec.needs_redis and not self.spec.redis_url:
+                self.redis = RedisService(self.logs, durable=self.spec.durable_redis).start()
+            if self.spec.needs_kafka and not self.spec.kafka_bootstrap:
+                self.kafka = KafkaService(self.logs).start()
+            for name, svc in self._plan():
+                (self.workers if "worker" in name else self.nodes)[name] = svc
+            procs = [*self.nodes.values(), *self.workers.values()]
+            for svc in procs:
+                svc.spawn()
+            for svc in procs:
+                svc.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.write_manifest()
+        return self
+
+    def stop(self) -> None:
+        for svc in reversed(self.services()):
+            svc.stop()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _common_args(self) -> list[str]:
+        args: list[str] = []
+        if self.spec.needs_redis:
+            args += ["--redis-url", str(self.redis_url)]
+        if self.spec.needs_kafka:
+            args += ["--kafka-bootstrap", str(self.kafka_bootstrap)]
+        return args + self.spec.extra_args
+
+    def _process(self, name: str, module: str, args: list[str]) -> ProcessService:
+        argv = [sys.executable, "-m", module, "--port", "{port}", "--node", name, *args]
+        env = {"IMLAB_SECRET": self.spec.secret} if self.spec.stage == "v4" else {}
+        return ProcessService(argv, self.logs, name=name, extra_env=env)
+
+    def _plan(self) -> list[tuple[str, ProcessService]]:
+        stage, common = self.spec.stage, self._common_args()
+        if stage in ("v1", "v2", "v3"):
+            mod = f"versions.{stage}.server"
+            return [
+                (f"server-{i}", self._process(f"server-{i}", mod, common))
+                for i in range(self.spec.servers)
+            ]
+        gateways = [
+            (f"gateway-{i}", self._process(f"gateway-{i}", "versions.v4.gateway", common))
+            for i in range(self.spec.servers)
+        ]
+        workers = [
+            (f"worker-{i}", self._process(f"worker-{i}", "versions.v4.worker", common))
+            for i in range(self.spec.workers)
+        ]
+        return gateways + workers
+
+    # ------------------------------------------------------------ faults and inspection
+
+    def process(self, name: str) -> ProcessService:
+        svc = self.nodes.get(name) or self.workers.get(name)
+        if svc is None:
+            raise KeyError(f"no process {name!r}; have {sorted(self.nodes) + sorted(self.workers)}")
+        return svc
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "stage": self.spec.stage,
+            "spec": {k: v for k, v in asdict(self.spec).items() if k != "secret"},
+            "started_at": self.started_at,
+            "endpoints": self.endpoints,
+            "redis_url": self.redis_url,
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "processes": {
+                name: {"pid": svc.pid, "url": svc.url, "log": str(svc.log_path)}
+                for name, svc in {**self.nodes, **self.workers}.items()
+            },
+            "machine": machine_info(),
+            "versions": package_versions(),
+        }
+
+    def write_manifest(self, extra: dict[str, Any] | None = None) -> Path:
+        path = self.run_dir / "cluster.json"
+        path.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))
+        return path

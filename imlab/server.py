@@ -1,0 +1,266 @@
+"""The part every stage's connection-holding process shares: a Socket.IO server on
+aiohttp, the login table (`user -> connections`, seed step 1), event dispatch with
+payload validation and error acks, `hello`, pushes, `/healthz` and `/metrics`.
+
+A stage subclasses `StageServer` and implements only what its chapter of the seed
+changes: how a message is sent, and (from v2) groups, `latest` and `sync`. Anything
+it does not implement answers `unsupported`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
+
+import socketio
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from imlab import protocol as p
+from imlab.metrics import Metrics
+from imlab.protocol import ErrorCode, ProtocolError
+
+log = logging.getLogger("imlab.server")
+
+Handler = Callable[[str, Any], Awaitable[dict[str, Any]]]
+
+
+class StageServer:
+    """Shared logic of a stage's server (or gateway) process."""
+
+    stage: ClassVar[str] = "?"
+    features: ClassVar[frozenset[str]] = frozenset()
+    # Failures of a backing service: the request gets `unavailable`, the server keeps serving.
+    unavailable_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        RedisError,
+        ConnectionError,
+        TimeoutError,
+    )
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            cors_allowed_origins="*",
+            logger=False,
+            engineio_logger=False,
+            max_http_buffer_size=256 * 1024,
+        )
+        self.app = web.Application()
+        self.sio.attach(self.app)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.on_startup.append(self._on_startup)
+        self.app.on_cleanup.append(self._on_cleanup)
+        self.sessions: dict[str, str] = {}  # sid -> user
+        self.local: dict[str, set[str]] = {}  # user -> sids on this node
+        self.metrics = Metrics("imlab", {"stage": self.stage, "node": node})
+        self.metrics.gauge("connections", lambda: len(self.sessions), "open client sessions")
+        self.metrics.gauge("users", lambda: len(self.local), "distinct users connected here")
+        self._register()
+
+    # ------------------------------------------------------------ stage hooks
+
+    async def startup(self) -> None:
+        """Open connections to backing services."""
+
+    async def shutdown(self) -> None:
+        """Close them."""
+
+    async def authenticate(self, auth: object) -> str:
+        """The user id this connection speaks for (v1-v3: `{"user": id}`)."""
+        if not isinstance(auth, dict) or "user" not in auth:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, 'connect with auth {"user": "<id>"}')
+        return p.check_user_id(auth["user"])
+
+    async def on_login(self, user: str, sid: str) -> None:
+        """Called after `user` connected on `sid` (v3/v4 record the route here)."""
+
+    async def on_logout(self, user: str, sid: str) -> None:
+        """Called after `sid` of `user` went away."""
+
+    async def send(self, user: str, req: p.SendRequest) -> dict[str, Any]:
+        raise _unsupported("send")
+
+    async def create_group(self, user: str, req: p.CreateGroupRequest) -> dict[str, Any]:
+        raise _unsupported("groups")
+
+    async def latest(self, user: str) -> dict[str, Any]:
+        raise _unsupported("history")
+
+    async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
+        raise _unsupported("history")
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True}
+
+    # ------------------------------------------------------------ pushes
+
+    def online(self, user: str) -> bool:
+        return bool(self.local.get(user))
+
+    async def push(self, users: Iterable[str], event: str, data: dict[str, Any]) -> int:
+        """Emit `event` to every local connection of `users`; returns how many got it."""
+        sids = [sid for u in users for sid in self.local.get(u, ())]
+        if sids:
+            await self.sio.emit(event, data, to=sids)
+            self.metrics.inc(f"pushed_{event}", len(sids))
+        return len(sids)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _register(self) -> None:
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        handlers: dict[str, Handler] = {
+            p.HELLO: self._hello,
+            p.SEND: self._send,
+            p.CREATE_GROUP: self._create_group,
+            p.LATEST: self._latest,
+            p.SYNC: self._sync,
+        }
+        for event, handler in handlers.items():
+            self.sio.on(event, self._guarded(event, handler))
+        self.sio.on("*", self._unknown)
+
+    def _guarded(self, event: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def run(sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
+            self.metrics.inc(f"requests_{event}")
+            user = self.sessions.get(sid)
+            if user is None:
+                return self._fail(event, ProtocolError(ErrorCode.UNAUTHORIZED, "not logged in"))
+            if extra:
+                return self._fail(event, p.bad(f"{event} takes one payload object"))
+            try:
+                return await handler(user, data)
+            except ProtocolError as exc:
+                return self._fail(event, exc)
+            except self.unavailable_errors as exc:
+                log.warning("%s from %s: backing service unavailable: %r", event, user, exc)
+                err = ProtocolError(ErrorCode.UNAVAILABLE, f"backing service unavailable: {exc}")
+                return self._fail(event, err)
+            except Exception:
+                log.exception("%s from %s failed", event, user)
+                return self._fail(event, ProtocolError(ErrorCode.INTERNAL, "internal error"))
+
+        return run
+
+    def _fail(self, event: str, exc: ProtocolError) -> dict[str, Any]:
+        self.metrics.inc(f"errors_{exc.code}")
+        return exc.ack()
+
+    async def _unknown(self, event: str, sid: str, *data: Any) -> dict[str, Any]:
+        self.metrics.inc("requests_unknown")
+        return self._fail(event, _unsupported(f"event {event!r}"))
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        try:
+            user = await self.authenticate(auth)
+        except ProtocolError as exc:
+            self.metrics.inc("connects_refused")
+            raise socketio.exceptions.ConnectionRefusedError(
+                p.refusal(exc.code, exc.message)
+            ) from None
+        except self.unavailable_errors as exc:
+            self.metrics.inc("connects_refused")
+            raise socketio.exceptions.ConnectionRefusedError(
+                p.refusal(ErrorCode.UNAVAILABLE, f"backing service unavailable: {exc}")
+            ) from None
+        self.sessions[sid] = user
+        self.local.setdefault(user, set()).add(sid)
+        self.metrics.inc("connects")
+        try:
+            await self.on_login(user, sid)
+        except self.unavailable_errors as exc:
+            # The session stays usable for what does not need routing; say so in the log.
+            log.warning("login of %s: route not recorded: %r", user, exc)
+            self.metrics.inc("route_errors")
+
+    async def _disconnect(self, sid: str, *reason: Any) -> None:
+        user = self.sessions.pop(sid, None)
+        if user is None:
+            return
+        sids = self.local.get(user)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self.local[user]
+        self.metrics.inc("disconnects")
+        try:
+            await self.on_logout(user, sid)
+        except self.unavailable_errors as exc:
+            log.warning("logout of %s: route not cleared: %r", user, exc)
+
+    async def _hello(self, user: str, data: Any) -> dict[str, Any]:
+        p.parse_empty(data)
+        return p.ok_ack(stage=self.stage, node=self.node, user=user, features=sorted(self.features))
+
+    async def _send(self, user: str, data: Any) -> dict[str, Any]:
+        req = p.parse_send(data, user)
+        if req.group is not None and p.FEATURE_GROUPS not in self.features:
+            raise _unsupported("groups")
+        ack = await self.send(user, req)
+        self.metrics.inc("messages_in")
+        return ack
+
+    async def _create_group(self, user: str, data: Any) -> dict[str, Any]:
+        if p.FEATURE_GROUPS not in self.features:
+            raise _unsupported("groups")
+        return await self.create_group(user, p.parse_create_group(data, user))
+
+    async def _latest(self, user: str, data: Any) -> dict[str, Any]:
+        if p.FEATURE_HISTORY not in self.features:
+            raise _unsupported("history")
+        p.parse_empty(data)
+        return await self.latest(user)
+
+    async def _sync(self, user: str, data: Any) -> dict[str, Any]:
+        if p.FEATURE_HISTORY not in self.features:
+            raise _unsupported("history")
+        return await self.sync(user, p.parse_sync(data))
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = {"stage": self.stage, "node": self.node, **self.health()}
+        return web.json_response(body, status=200 if body.get("ok") else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain")
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.startup()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.shutdown()
+
+
+def _unsupported(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNSUPPORTED, f"{what} not supported by this stage")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--node", default=None, help="node name (default: <stage>-<port>)")
+    parser.add_argument("--log-level", default=os.environ.get("IMLAB_LOG", "INFO"))
+    return parser
+
+
+def run_app(app: web.Application, host: str, port: int, log_level: str) -> None:
+    """Serve until SIGINT/SIGTERM; cleanup hooks close backing-service connections."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True, access_log=None)
+
+
+def serve(server: StageServer, host: str, port: int, log_level: str) -> None:
+    log.info("%s node %s listening on %s:%d", server.stage, server.node, host, port)
+    run_app(server.app, host, port, log_level)

@@ -1,0 +1,1 @@
+"""Stage v1 of the IM server (see STEP.md)."""

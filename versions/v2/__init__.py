@@ -1,0 +1,1 @@
+"""Stage v2 of the IM server (see STEP.md)."""

@@ -1,0 +1,1 @@
+"""Stage v3 of the IM server (see STEP.md)."""

@@ -1,0 +1,1 @@
+"""Stage v4 of the IM server (see STEP.md)."""

@@ -84,7 +84,7 @@ class Service(ABC):
             self.name = name
         self.host = host
         self.port = port or free_port(host)
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"imlab-{self.name}-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"imlab-{self.name}-")).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,324 @@
+"""The `imlab` command: run a stage, a local cluster, a terminal chat, and (from the
+load, simulation and report packages) load tests, simulations and reports.
+
+Each subcommand is a small function; packages outside `imlab/` add theirs through
+a `register(subparsers)` function listed in `_PLUGINS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
+from imlab.services import RedisService, install_signal_handlers, stop_all
+
+Command = Callable[[argparse.Namespace], int]
+
+# Modules with `register(subparsers)` adding their own subcommands.
+_PLUGINS: list[str] = []
+
+
+def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    root = base or Path("runs")
+    path = root / f"{stamp}-{kind}-{stage}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{kind}-{stage}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
+    parser.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="v4 consumer workers")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting Tansu"
+    )
+    parser.add_argument("--secret", default=DEFAULT_SECRET, help="v4 token signing secret")
+
+
+def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
+    nodes = {"v3": args.servers or 3, "v4": args.gateways or args.servers or 2}.get(stage, 1)
+    return ClusterSpec(
+        stage=stage,
+        servers=nodes,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        kafka_bootstrap=args.kafka_bootstrap,
+        secret=args.secret,
+    )
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """One stage server in the foreground (v1-v3); v2/v3 start their own Redis if none given."""
+    stage = args.stage
+    redis_url = args.redis_url
+    argv = [sys.executable, "-m", f"versions.{stage}.server", "--port", str(args.port)]
+    argv += ["--host", args.host]
+    if stage != "v1":
+        if redis_url is None:
+            redis = RedisService().start()
+            redis_url = redis.url
+            print(f"started redis-server at {redis_url} (log {redis.log_path})", flush=True)
+        argv += ["--redis-url", redis_url]
+    if stage == "v3":
+        if args.kafka_bootstrap is None:
+            print("v3 needs a broker: use `imlab up v3` or pass --kafka-bootstrap", file=sys.stderr)
+            return 2
+        argv += ["--kafka-bootstrap", args.kafka_bootstrap]
+    print(f"serving {stage} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    proc = subprocess.Popen(argv)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+    finally:
+        stop_all()
+
+
+# ---------------------------------------------------------------- up
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """A whole stage on this machine until Ctrl-C or until any of its processes dies."""
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("up", args.stage)
+    cluster = Cluster(spec_from_args(args.stage, args), run_dir)
+    print(f"starting {args.stage} into {run_dir} ...", flush=True)
+    with cluster:
+        print(f"stage {args.stage} is up:")
+        if cluster.redis_url:
+            print(f"  redis   {cluster.redis_url}")
+        if cluster.kafka_bootstrap:
+            print(f"  kafka   {cluster.kafka_bootstrap}")
+        for name, svc in {**cluster.nodes, **cluster.workers}.items():
+            print(f"  {name:<10} {svc.url}  (log {svc.log_path})")
+        urls = " ".join(f"--url {u}" for u in cluster.endpoints)
+        hint = "--token $(imlab token alice --secret ...)" if args.stage == "v4" else "--user alice"
+        print(f"chat with: imlab chat {urls} {hint}")
+        print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)", flush=True)
+        try:
+            while True:
+                for service in cluster.services():
+                    if not service.running():
+                        tail = service.log_tail()
+                        print(f"{service.name} exited; stopping the stage. Log tail:\n{tail}")
+                        return 1
+                if args.for_seconds and time.time() - (cluster.started_at or 0) > args.for_seconds:
+                    return 0
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping ...")
+            return 0
+
+
+# ---------------------------------------------------------------- chat
+
+
+CHAT_HELP = """commands:
+  /to USER TEXT          send a direct message
+  /group A,B,C [NAME]    create a group with these members (you are added)
+  /g GROUP_ID TEXT       send to a group
+  /groups                list the groups you know
+  /latest                show the latest seq of each conversation
+  /drop                  drop the connection and come back (watch the catch-up)
+  /quit                  leave
+"""
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from imlab.client import AsyncChatClient, ClientError
+    from imlab.protocol import Message
+
+    def show(m: Message, via: str) -> None:
+        seq = "-" if m.seq is None else m.seq
+        print(f"\r[{m.conv} #{seq} via {via}] {m.sender}: {m.body}\n> ", end="", flush=True)
+
+    def show_group(g: dict[str, Any]) -> None:
+        print(f"\r[group {g.get('group_id')} created: {g.get('members')}]\n> ", end="", flush=True)
+
+    client = AsyncChatClient(
+        args.user or "anonymous",
+        args.url,
+        token=args.token,
+        on_message=show,
+        on_group=show_group,
+    )
+    await client.connect()
+    print(f"connected to {client.node} ({client.stage}) as {client.user}; /help for commands")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = (await loop.run_in_executor(None, input, "> ")).strip()
+            if not line:
+                continue
+            cmd, _, rest = line.partition(" ")
+            try:
+                ack: dict[str, Any] | None = None
+                if cmd == "/quit":
+                    break
+                elif cmd == "/help":
+                    print(CHAT_HELP)
+                elif cmd == "/to":
+                    to, _, text = rest.partition(" ")
+                    ack = await client.send(to=to, body=text)
+                elif cmd == "/g":
+                    gid, _, text = rest.partition(" ")
+                    ack = await client.send(group=gid, body=text)
+                elif cmd == "/group":
+                    members, _, name = rest.partition(" ")
+                    ack = await client.create_group([m for m in members.split(",") if m], name)
+                elif cmd == "/groups":
+                    print(client.groups or "(none)")
+                elif cmd == "/latest":
+                    ack = await client.latest()
+                elif cmd == "/drop":
+                    await client.disconnect(reconnect=True)
+                    print("dropped; reconnecting ...")
+                else:
+                    print("unknown command; /help lists them")
+                if ack is not None:
+                    print(ack if not ack.get("ok") else {k: v for k, v in ack.items() if k != "ok"})
+            except ClientError as exc:
+                print(f"error: {exc}")
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        await client.close()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive terminal chat client."""
+    if not args.user and not args.token:
+        print("give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
+        return 2
+    return asyncio.run(_chat(args))
+
+
+# ---------------------------------------------------------------- demo
+
+
+async def _demo(run_dir: Path) -> int:
+    from imlab.client import AsyncChatClient, HistoryRecorder
+
+    with Cluster(ClusterSpec("v2"), run_dir) as cluster:
+        rec = HistoryRecorder(run_dir / "history-demo.jsonl")
+        names = ("alice", "bob", "carol")
+        a, b, c = (AsyncChatClient(n, cluster.endpoints, recorder=rec) for n in names)
+        for cl in (a, b, c):
+            await cl.connect()
+        print(f"v2 up at {cluster.endpoints[0]}, redis {cluster.redis_url}")
+        await a.send(to="bob", body="吃了吗? (have you eaten?)")
+        group = await a.create_group(["bob", "carol"], "lunch")
+        gid = group["group_id"]
+        await b.send(group=gid, body="干啥去 (where to?)")
+        await c.disconnect()
+        print("carol drops off; bob and alice keep talking ...")
+        await b.send(group=gid, body="去吃饭 (let's eat)")
+        await a.send(group=gid, body="noodles?")
+        await c.connect()
+        conv = f"group:{gid}"
+        await c.wait_for(lambda: len(c.messages(conv)) == 3, 5, "carol's catch-up")
+        for cl in (a, b, c):
+            print(
+                f"\n{cl.user} saw (push {cl.received_via['push']}, sync {cl.received_via['sync']}):"
+            )
+            for conv_id, msgs in sorted(cl.received.items()):
+                for m in msgs:
+                    print(f"  {conv_id} #{m.seq} {m.sender}: {m.body}")
+        for cl in (a, b, c):
+            await cl.close()
+        rec.close()
+    print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job (for now: a scripted three-person conversation on v2)."""
+    return asyncio.run(_demo(new_run_dir("demo", "v2")))
+
+
+# ---------------------------------------------------------------- token
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a signed v4 token for a user."""
+    from imlab import auth
+
+    print(auth.issue_token(args.user, args.secret, ttl=args.ttl))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imlab", description="A laboratory for the evolution of an IM server (v1..v4)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run one stage server in the foreground (v1-v3)")
+    s.add_argument("stage", choices=("v1", "v2", "v3"))
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--redis-url", default=None, help="v2/v3: Redis to use (default: start one)")
+    s.add_argument("--kafka-bootstrap", default=None, help="v3: Kafka bootstrap HOST:PORT")
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("up", help="start a whole stage (Redis, broker, all processes)")
+    u.add_argument("stage", choices=STAGES)
+    add_cluster_args(u)
+    u.add_argument("--run-dir", default=None, help="where logs and the manifest go")
+    u.add_argument("--for-seconds", type=float, default=0, help="stop after this long (0: never)")
+    u.set_defaults(func=cmd_up)
+
+    c = sub.add_parser("chat", help="interactive terminal chat")
+    c.add_argument("--url", action="append", required=True, help="server URL (repeatable)")
+    c.add_argument("--user", default=None, help="user id (v1-v3)")
+    c.add_argument("--token", default=None, help="signed token (v4; see `imlab token`)")
+    c.set_defaults(func=cmd_chat)
+
+    t = sub.add_parser("token", help="issue a signed token for v4")
+    t.add_argument("user")
+    t.add_argument("--secret", default=DEFAULT_SECRET)
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    t.set_defaults(func=cmd_token)
+
+    d = sub.add_parser("demo", help="the main job: see README")
+    d.set_defaults(func=cmd_demo)
+
+    for module in _PLUGINS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    install_signal_handlers()
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -213,7 +213,7 @@ class ClientCore:
                 self.on_group(data)
 
     def handle_connect_error(self, data: Any) -> None:
-        self.refusal = data if isinstance(data, dict) else {"code": "refused", "message": str(data)}
+        self.refusal = p.parse_refusal(data)
 
     # --- requests, as (event, payload) steps the transport runs
 

@@ -273,5 +273,15 @@ class Message:
 
 
 def refusal(code: ErrorCode, message: str) -> dict[str, Any]:
-    """The data of a refused connect (socketio ConnectionRefusedError argument)."""
+    """The data of a refused connect; clients get `{"message": .., "data": <this>}`."""
     return {"code": str(code), "message": message}
+
+
+def parse_refusal(error: object) -> dict[str, str]:
+    """`{"code", "message"}` from what a client's `connect_error` handler receives."""
+    if isinstance(error, dict):
+        data = error.get("data")
+        if isinstance(data, dict) and "code" in data:
+            return {"code": str(data["code"]), "message": str(data.get("message", ""))}
+        return {"code": "refused", "message": str(error.get("message", error))}
+    return {"code": "refused", "message": str(error)}

@@ -162,12 +162,13 @@ class StageServer:
         except ProtocolError as exc:
             self.metrics.inc("connects_refused")
             raise socketio.exceptions.ConnectionRefusedError(
-                p.refusal(exc.code, exc.message)
+                exc.message, p.refusal(exc.code, exc.message)
             ) from None
         except self.unavailable_errors as exc:
             self.metrics.inc("connects_refused")
+            msg = f"backing service unavailable: {exc}"
             raise socketio.exceptions.ConnectionRefusedError(
-                p.refusal(ErrorCode.UNAVAILABLE, f"backing service unavailable: {exc}")
+                msg, p.refusal(ErrorCode.UNAVAILABLE, msg)
             ) from None
         self.sessions[sid] = user
         self.local.setdefault(user, set()).add(sid)

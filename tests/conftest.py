@@ -1,0 +1,102 @@
+"""Fixtures: real stages started through `imlab.cluster` (real Redis, real broker),
+one cluster per stage per test module, and a client factory that closes its clients.
+
+A stage that cannot start fails the test with the services' log tails; nothing is
+skipped because a service is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from imlab.client import AsyncChatClient
+from imlab.cluster import Cluster, ClusterSpec
+from imlab.services import stop_all
+
+# Every stage the contract suite runs against, with the process counts it uses.
+STAGE_SPECS: dict[str, dict[str, int]] = {
+    "v1": {},
+    "v2": {},
+}
+ALL_STAGES = list(STAGE_SPECS)
+HISTORY_STAGES = [s for s in ALL_STAGES if s != "v1"]
+
+
+@dataclass
+class StageUnderTest:
+    """A running stage and a factory of clients that speak for fresh users."""
+
+    cluster: Cluster
+    clients: list[AsyncChatClient] = field(default_factory=list)
+    _n: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def stage(self) -> str:
+        return self.cluster.spec.stage
+
+    def users(self, n: int) -> list[str]:
+        """Fresh user ids, unique in this cluster's lifetime."""
+        tag = uuid.uuid4().hex[:6]
+        return [f"u{next(self._n)}-{tag}" for _ in range(n)]
+
+    def token(self, user: str) -> str | None:
+        if self.stage != "v4":
+            return None
+        from imlab import auth
+
+        return auth.issue_token(user, self.cluster.spec.secret)
+
+    def client(self, user: str, **kw: object) -> AsyncChatClient:
+        c = AsyncChatClient(user, self.cluster.endpoints, token=self.token(user), **kw)  # type: ignore[arg-type]
+        self.clients.append(c)
+        return c
+
+    async def connected(self, *users: str) -> list[AsyncChatClient]:
+        out = []
+        for u in users:
+            c = self.client(u)
+            await c.connect()
+            out.append(c)
+        return out
+
+    async def close_clients(self) -> None:
+        for c in self.clients:
+            await c.close()
+        self.clients.clear()
+
+
+def start_cluster(stage: str, tmp: Path) -> Cluster:
+    spec = ClusterSpec(stage, **STAGE_SPECS.get(stage, {}))
+    return Cluster(spec, tmp / f"cluster-{stage}").start()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """The stage named by the test's `stage` parameter (indirect), one per module."""
+    stage: str = request.param
+    c = start_cluster(stage, tmp_path_factory.mktemp(stage))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def sut(cluster: Cluster) -> AsyncIterator[StageUnderTest]:
+    s = StageUnderTest(cluster)
+    try:
+        yield s
+    finally:
+        await s.close_clients()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_all()

@@ -1,0 +1,108 @@
+"""The services module starts real Redis and the real broker on free loopback ports,
+says why when a start fails, and leaves no process behind (also on Ctrl-C/SIGTERM)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from imlab.services import KafkaService, ProcessService, RedisService, ServiceError
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_redis_starts_answers_and_stops(tmp_path: Path) -> None:
+    with RedisService(tmp_path) as svc:
+        assert svc.running() and svc.host == "127.0.0.1"
+        r = redis.Redis.from_url(svc.url)
+        assert r.ping() and r.set("k", "v") and r.get("k") == b"v"
+        pid = svc.pid
+        r.close()
+    assert pid is not None and gone(pid)
+    assert (tmp_path / "redis.log").read_text()
+
+
+def test_durable_redis_keeps_data_across_a_kill(tmp_path: Path) -> None:
+    svc = RedisService(tmp_path, durable=True).start()
+    try:
+        r = redis.Redis.from_url(svc.url)
+        r.set("kept", "yes")
+        r.close()
+        time.sleep(1.2)  # appendfsync everysec
+        svc.kill()
+        svc.start()
+        r = redis.Redis.from_url(svc.url)
+        assert r.get("kept") == b"yes"
+        r.close()
+    finally:
+        svc.stop()
+
+
+def test_kafka_broker_starts_and_answers_metadata(tmp_path: Path) -> None:
+    with KafkaService(tmp_path) as svc:
+        assert svc.probe()
+        pid = svc.pid
+    assert pid is not None and gone(pid)
+
+
+def test_a_failed_start_raises_with_the_log_tail(tmp_path: Path) -> None:
+    bad = ProcessService(
+        [sys.executable, "-c", "import sys; print('boom: cannot start'); sys.exit(3)"],
+        tmp_path,
+        name="broken",
+    )
+    with pytest.raises(ServiceError, match="boom: cannot start"):
+        bad.start(timeout=5)
+    assert not bad.running()
+
+
+def test_pause_and_resume(tmp_path: Path) -> None:
+    with RedisService(tmp_path) as svc:
+        svc.pause()
+        r = redis.Redis.from_url(svc.url, socket_timeout=0.3)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            r.ping()
+        svc.resume()
+        assert r.ping()
+        r.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_no_service_survives_its_parent_being_interrupted(tmp_path: Path, sig: int) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from imlab.services import RedisService, KafkaService, install_signal_handlers
+        install_signal_handlers()
+        r = RedisService(sys.argv[1]).start()
+        k = KafkaService(sys.argv[1]).start()
+        print(r.pid, k.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    os.kill(proc.pid, sig)
+    proc.wait(10)
+    deadline = time.monotonic() + 5
+    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(p) for p in pids), "redis-server or the broker outlived its parent"

@@ -8,6 +8,7 @@ skipped because a service is missing.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ import pytest
 from imlab.client import AsyncChatClient
 from imlab.cluster import Cluster, ClusterSpec
 from imlab.services import stop_all
+
+# Inherited by every process the suite starts; test_zz_no_leftovers looks for it.
+SESSION_MARK = "IMLAB_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 
 # Every stage the contract suite runs against, with the process counts it uses.
 STAGE_SPECS: dict[str, dict[str, int]] = {

@@ -22,6 +22,7 @@ __all__ = [
     "FaultSpecError",
     "KafkaLoss",
     "RedisOutage",
+    "RedisRestart",
     "format_duration",
     "parse_duration",
     "parse_faults",
@@ -39,6 +40,28 @@ class RedisOutage:
     start: float
     duration: float
     kind: ClassVar[str] = "redis-outage"
+    target: ClassVar[str] = "redis"
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def window(self, run_end: float) -> tuple[float, float]:
+        return self.start, min(self.end, run_end)
+
+    def spec(self) -> str:
+        return f"{self.kind}:{format_duration(self.duration)}@{format_duration(self.start)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisRestart:
+    """Redis is killed at `start` and started again `duration` seconds later (same port).
+
+    Live runs keep an append-only file, so what Redis had acknowledged survives."""
+
+    start: float
+    duration: float
+    kind: ClassVar[str] = "redis-restart"
     target: ClassVar[str] = "redis"
 
     @property
@@ -117,7 +140,7 @@ class Churn:
         return f"{self.kind}:{self.fraction!r}"
 
 
-Fault = RedisOutage | BrokerDown | KafkaLoss | Crash | Churn
+Fault = RedisOutage | RedisRestart | BrokerDown | KafkaLoss | Crash | Churn
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +152,10 @@ class FaultPlan:
     @property
     def redis_outages(self) -> list[RedisOutage]:
         return [f for f in self.items if isinstance(f, RedisOutage)]
+
+    @property
+    def redis_restarts(self) -> list[RedisRestart]:
+        return [f for f in self.items if isinstance(f, RedisRestart)]
 
     @property
     def broker_downs(self) -> list[BrokerDown]:
@@ -161,6 +188,7 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
 _TARGET_RE = re.compile(r"[a-z][a-z0-9_]*-\d+")
 _FORMS = {
     RedisOutage.kind: "redis-outage:<duration>@<start>, e.g. redis-outage:30s@60s",
+    RedisRestart.kind: "redis-restart:<duration>@<start>, e.g. redis-restart:5s@20s",
     BrokerDown.kind: "broker-down:<duration>@<start>, e.g. broker-down:10s@30s",
     KafkaLoss.kind: "kafka-loss:<probability>, e.g. kafka-loss:0.01",
     Crash.kind: "crash:<process>@<time>, e.g. crash:gateway-1@45s",
@@ -226,7 +254,11 @@ def _parse_arg(kind: str, arg: str) -> Fault:
     duration = parse_duration(head)
     if duration <= 0:
         raise ValueError("the duration must be positive")
-    return RedisOutage(start, duration) if kind == RedisOutage.kind else BrokerDown(start, duration)
+    if kind == RedisOutage.kind:
+        return RedisOutage(start, duration)
+    if kind == RedisRestart.kind:
+        return RedisRestart(start, duration)
+    return BrokerDown(start, duration)
 
 
 def _fraction(text: str, what: str) -> float:
@@ -247,8 +279,9 @@ def _check_consistent(items: tuple[Fault, ...]) -> None:
     twice = sorted({t for t in crashed if crashed.count(t) > 1})
     if twice:
         raise FaultSpecError(f"crash:{twice[0]} is given more than once")
-    for cls in (RedisOutage, BrokerDown):
-        windows = sorted((f for f in items if isinstance(f, cls)), key=lambda f: f.start)
+    redis_windows = [f for f in items if isinstance(f, RedisOutage | RedisRestart)]
+    for group in (redis_windows, [f for f in items if isinstance(f, BrokerDown)]):
+        windows = sorted(group, key=lambda f: f.start)
         for a, b in pairwise(windows):
             if b.start < a.end:
                 raise FaultSpecError(f"{a.spec()} and {b.spec()} overlap")

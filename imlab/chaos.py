@@ -1,0 +1,158 @@
+"""Live fault injection on a running `Cluster`, on the schedule of a fault spec
+(`sim.faults.parse_faults`, the same spelling `imlab sim` uses).
+
+Each fault is applied to the real processes and then *verified*: a paused Redis
+must stop answering, a killed broker must stop answering metadata requests, a
+crashed process must be gone. The record of what happened (absolute times, and
+whether it was verified) goes into the run's manifest and a `fault` history, so
+the checker sees the window rather than a request for one.
+
+- `redis-outage:D@T`  SIGSTOP Redis at T, SIGCONT at T+D (clients see timeouts)
+- `redis-restart:D@T` SIGKILL Redis at T, start it again at T+D (same port)
+- `broker-down:D@T`   SIGKILL the broker at T, start it again at T+D; it is
+                      memory-only, so everything it held is gone
+- `crash:NAME@T`      SIGKILL a server, gateway or worker at T (not restarted)
+- `kafka-loss:P` and `churn:F` are not scheduled here: the first is a drop rate
+  the v3/v4 producers apply (`IMLAB_KAFKA_DROP`), the second the load scenario's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imlab.cluster import Cluster
+from imlab.services import Service, kafka_metadata_ok
+from sim.faults import BrokerDown, Crash, FaultPlan, RedisOutage, RedisRestart
+
+log = logging.getLogger("imlab.chaos")
+
+
+@dataclass
+class FaultRecord:
+    """One injected fault as it really happened (epoch seconds)."""
+
+    kind: str
+    target: str
+    start: float
+    end: float | None = None
+    verified: bool = False
+    detail: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _answers(svc: Service, timeout: float = 0.3) -> bool:
+    """Does the service answer a real request within `timeout`?"""
+    if svc.name == "kafka":
+        with contextlib.suppress(OSError):
+            return kafka_metadata_ok(svc.host, svc.port, timeout)
+        return False
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((svc.host, svc.port), timeout=timeout) as s,
+    ):
+        s.settimeout(timeout)
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False
+
+
+class LiveFaults:
+    """Runs a fault plan against a cluster in a background thread."""
+
+    def __init__(self, cluster: Cluster, plan: FaultPlan, history: Path | None = None) -> None:
+        self.cluster = cluster
+        self.plan = plan
+        self.history = history
+        self.records: list[FaultRecord] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.t0 = 0.0
+
+    def start(self, t0: float | None = None) -> LiveFaults:
+        self.t0 = time.time() if t0 is None else t0
+        for fault in self.plan.items:
+            if isinstance(fault, RedisOutage | RedisRestart | BrokerDown | Crash):
+                t = threading.Thread(target=self._run, args=(fault,), daemon=True)
+                t.start()
+                self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        """End every window now (resume/restart what is down) and wait for the threads."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _sleep_until(self, offset: float) -> bool:
+        """False if stopped before the time came."""
+        return not self._stop.wait(max(0.0, self.t0 + offset - time.time()))
+
+    def _record(self, rec: FaultRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+            if self.history is not None:
+                event = {"t": rec.start, "ev": "fault", **rec.as_dict()}
+                with self.history.open("a") as f:
+                    f.write(json.dumps(event) + "\n")
+
+    def _run(self, fault: RedisOutage | RedisRestart | BrokerDown | Crash) -> None:
+        start = fault.at if isinstance(fault, Crash) else fault.start
+        if not self._sleep_until(start):
+            return
+        try:
+            if isinstance(fault, Crash):
+                self._crash(fault)
+            else:
+                self._window(fault)
+        except Exception:  # a failed injection is reported, never kills the run
+            log.exception("fault %s failed", fault.spec())
+
+    def _crash(self, fault: Crash) -> None:
+        svc = self.cluster.process(fault.target)
+        rec = FaultRecord("crash", fault.target, time.time())
+        svc.kill()
+        rec.end = None
+        rec.verified = not svc.running()
+        rec.detail.append(f"pid {svc.pid} killed" if rec.verified else "process still running")
+        self._record(rec)
+
+    def _window(self, fault: RedisOutage | RedisRestart | BrokerDown) -> None:
+        svc: Service | None = self.cluster.kafka if isinstance(fault, BrokerDown) else None
+        if not isinstance(fault, BrokerDown):
+            svc = self.cluster.redis
+        if svc is None:
+            raise RuntimeError(f"{fault.kind}: this stage has no {fault.target} started by imlab")
+        rec = FaultRecord(fault.kind, fault.target, time.time())
+        if isinstance(fault, RedisOutage):
+            svc.pause()
+        else:
+            svc.kill()
+        down = not _answers(svc)
+        rec.detail.append("down: no answer" if down else "down: still answering")
+        self._sleep_until(fault.start + fault.duration)
+        if isinstance(fault, RedisOutage):
+            svc.resume()
+        else:
+            svc.start()
+        rec.end = time.time()
+        up = _answers(svc, timeout=2.0)
+        rec.detail.append("back: answering" if up else "back: not answering")
+        rec.verified = down and up
+        self._record(rec)
+
+    def manifest_faults(self) -> list[dict[str, Any]]:
+        """The manifest's `faults`: scheduled windows as they really happened, plus the
+        run-long ones (kafka-loss, churn) with the run's bounds filled in by the caller."""
+        with self._lock:
+            return [r.as_dict() for r in sorted(self.records, key=lambda r: r.start)]

@@ -496,7 +496,7 @@ def _faults(run: Run, tally: _Tally, t0: float) -> list[Fault]:
     out: list[Fault] = []
     seen: set[tuple[Any, Any, Any]] = set()
     raw: list[tuple[dict[str, Any], str]] = [
-        (f, "manifest") for f in run.manifest.get("faults") or []
+        (f, "manifest") for f in run.manifest.get("faults") or [] if isinstance(f, dict)
     ]
     raw += [(dict(e), "history") for e in tally.fault_events]
     for f, source in raw:
@@ -530,22 +530,32 @@ def _series(
     counts: dict[str, tuple[Iterable[float], Iterable[float] | None]],
     push_t: FloatArray,
     push_ms: FloatArray,
-    first_t: float,
 ) -> dict[str, Any]:
-    """Per-second series relative to t0; `counts` maps a name to (times, weights or None)."""
-    lo = min(0, math.floor(first_t - clock.t0))
-    hi = math.floor(clock.last - clock.t0)
-    n = hi - lo + 1
-    out: dict[str, Any] = {"t0": clock.t0, "t": list(range(lo, hi + 1))}
+    """Per-second series relative to t0; `counts` maps a name to (times, weights or None).
+
+    The buckets run from the earliest time any series holds (or t0) to the latest
+    (or the judging end), so every point lands in a bucket.
+    """
+    arrays: dict[str, tuple[FloatArray, FloatArray | None]] = {}
+    lo_t, hi_t = clock.t0, clock.last
     for name, (times, weights) in counts.items():
         arr = (
             np.asarray(times, dtype=np.float64)
             if isinstance(times, np.ndarray | list)
             else np.fromiter(times, dtype=np.float64)
         )
-        idx = np.floor(arr - clock.t0).astype(np.int64) - lo
         w = None if weights is None else np.fromiter(weights, dtype=np.float64)
-        out[name] = np.bincount(idx, weights=w, minlength=n)[:n].astype(np.int64).tolist()
+        arrays[name] = (arr, w)
+        if arr.size:
+            lo_t = min(lo_t, float(arr.min()))
+            hi_t = max(hi_t, float(arr.max()))
+    lo = math.floor(lo_t - clock.t0)
+    hi = math.floor(hi_t - clock.t0)
+    n = hi - lo + 1
+    out: dict[str, Any] = {"t0": clock.t0, "t": list(range(lo, hi + 1))}
+    for name, (arr, w) in arrays.items():
+        idx = np.floor(arr - clock.t0).astype(np.int64) - lo
+        out[name] = np.bincount(idx, weights=w, minlength=n).astype(np.int64).tolist()
     buckets: IntArray = np.floor(push_t - clock.t0).astype(np.int64) - lo
     out["latency_p50_ms"] = bucket_percentile(push_ms, buckets, n, 500)
     out["latency_p99_ms"] = bucket_percentile(push_ms, buckets, n, 990)
@@ -634,8 +644,7 @@ def compute(run: Run) -> dict[str, Any]:
 
     unexpected = d.unexpected_unknown + d.unexpected_not_recipient
     deliveries_ok = d.push_ok + d.sync_ok
-    window = clock.stop - clock.start
-    first_t = run.events[0]["t"] if run.events else clock.t0
+    window = max(clock.stop - clock.start, 0.0)
     ms = msgs.values()
     series = _series(
         clock,
@@ -655,7 +664,6 @@ def compute(run: Run) -> dict[str, Any]:
         },
         push_t,
         push_ms,
-        first_t,
     )
 
     warnings: list[str] = []

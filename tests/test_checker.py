@@ -412,8 +412,14 @@ def test_nearest_rank_percentiles() -> None:
 
 def test_count_inversions_matches_brute_force() -> None:
     rng = random.Random(7)
-    for n in (0, 1, 2, 5, 50, 300, 5000, 9000):  # both the bisect and the numpy path
-        values = [rng.randrange(n // 2 + 1) for _ in range(n)]  # with ties
+    cases: list[list[int]] = []
+    for n in (0, 1, 2, 5, 50, 300, 5000, 9000):  # shuffled: bisect and merge paths
+        cases.append([rng.randrange(n // 2 + 1) for _ in range(n)])  # with ties
+    for n in (200, 3000, 9000):  # jittered: the short-span path, and one span too wide for it
+        for jitter in (3.0, 40.0):
+            cases.append([int(i + rng.gauss(0, jitter)) // 2 for i in range(n)])
+    for values in cases:
+        n = len(values)
         arr = np.asarray(values, dtype=np.int64)
         brute = sum(int((arr[:-k] > arr[k:]).sum()) for k in range(1, n))
         assert count_inversions(values) == brute, n
@@ -519,3 +525,24 @@ def test_cli_prints_the_summary_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "anomaly: lost" in out
     assert out.rstrip().splitlines()[-1].split() == ["clean", "yes"]
     assert summary_table(json.loads((run_dir / "metrics.json").read_text())) in out
+
+
+def test_empty_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "history-0.jsonl").write_text("")
+    m = check(tmp_path)
+    anomalies_except(m)
+    assert m["sends"]["attempted"] == 0
+    assert m["latency_ms"]["push"]["count"] == 0
+    assert m["checker"]["warnings"] == []
+    assert "clean" in summary_table(m)
+
+
+def test_lost_message_scheduled_before_the_start_lands_in_the_first_bucket(
+    tmp_path: Path,
+) -> None:
+    h = History()
+    h.send(0.2, "a", DM_AB, "m1", intended=-1.5).ack(0.3, "a", "m1", seq=1)
+    m = check(h.write(tmp_path))
+    assert m["series"]["t"] == [-2, -1, 0]
+    assert m["series"]["lost"] == [1, 0, 0]
+    assert m["series"]["sends"] == [0, 0, 1]

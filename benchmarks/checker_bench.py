@@ -1,8 +1,10 @@
 """Time the checker on a synthetic run folder of about a million events.
 
 The run has group and dm traffic from two recorder processes (two history
-files), a few disconnected recipients who catch up by sync, some error acks and
-a sprinkling of losses, so every code path of the checker is exercised.
+files), recipients who catch up by sync, some error acks and a sprinkling of
+losses, so every code path of the checker is exercised. Push latency is
+random per recipient, so deliveries are reordered and the ordering checks do
+real work rather than taking their all-in-order shortcut.
 
     .venv/bin/python benchmarks/checker_bench.py [--events 1000000] [--keep DIR]
 """
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,12 +40,20 @@ def generate(run_dir: Path, target_events: int, seed: int = 1) -> int:
     t0 = 1_700_000_000.0
     # Events of users u0000..u0199 go to one file, the rest to the other.
     lines: list[list[tuple[float, str]]] = [[], []]
+
+    def emit(user: str, record: dict[str, Any]) -> None:
+        lines[int(user[1:]) * 2 // USERS].append((record["t"], json.dumps(record)))
+
+    connects = 150
+    for user in users[: connects // 3]:
+        for k in range(3):
+            emit(user, {"t": t0 + 60.0 * k + rng.random(), "ev": "connect", "user": user})
+    n = connects
     seqs: dict[str, int] = {}
-    n = 0
-    i = 0
-    per_msg = 0.8 * (GROUP_SIZE + 2) + 0.2 * 4
-    n_msgs = int(target_events / per_msg)
-    for i in range(n_msgs):
+    n_msgs = int(target_events / (0.8 * (GROUP_SIZE + 2) + 0.2 * 4))  # events per message
+    i = -1
+    while n < target_events:
+        i += 1
         intended = t0 + DURATION_S * i / n_msgs
         if rng.random() < 0.8:
             gid = rng.choice(list(groups))
@@ -50,90 +61,63 @@ def generate(run_dir: Path, target_events: int, seed: int = 1) -> int:
             sender = rng.choice(members)
             conv = f"group:{gid}"
         else:
-            sender, other = rng.sample(users, 2)
-            members = [sender, other]
-            a, b = sorted(members)
-            conv = f"dm:{a}:{b}"
+            members = rng.sample(users, 2)
+            sender = members[0]
+            conv = "dm:{}:{}".format(*sorted(members))
         msg = f"{sender}-{i}"
         t = intended + rng.expovariate(1 / 0.002)
-        out = lines[int(sender[1:]) // (USERS // 2)]
-        out.append(
-            (
-                t,
-                json.dumps(
-                    {
-                        "t": t,
-                        "ev": "send",
-                        "user": sender,
-                        "conv": conv,
-                        "msg": msg,
-                        "intended": intended,
-                    }
-                ),
-            )
+        emit(
+            sender,
+            {"t": t, "ev": "send", "user": sender, "conv": conv, "msg": msg, "intended": intended},
         )
+        n += 2
         roll = rng.random()
         if roll < 0.01:
-            out.append(
-                (
-                    t + 0.01,
-                    json.dumps(
-                        {
-                            "t": t + 0.01,
-                            "ev": "ack",
-                            "user": sender,
-                            "msg": msg,
-                            "ok": False,
-                            "err": "unavailable",
-                            "seq": None,
-                        }
-                    ),
-                )
+            emit(
+                sender,
+                {
+                    "t": t + 0.01,
+                    "ev": "ack",
+                    "user": sender,
+                    "msg": msg,
+                    "ok": False,
+                    "err": "unavailable",
+                    "seq": None,
+                },
             )
-            n += 2
             continue
         seq = seqs[conv] = seqs.get(conv, 0) + 1
         ack_t = t + rng.expovariate(1 / 0.004)
-        out.append(
-            (
-                ack_t,
-                json.dumps(
-                    {
-                        "t": ack_t,
-                        "ev": "ack",
-                        "user": sender,
-                        "msg": msg,
-                        "ok": True,
-                        "err": None,
-                        "seq": seq,
-                    }
-                ),
-            )
+        emit(
+            sender,
+            {
+                "t": ack_t,
+                "ev": "ack",
+                "user": sender,
+                "msg": msg,
+                "ok": True,
+                "err": None,
+                "seq": seq,
+            },
         )
-        n += 2
         for user in members:
             if roll > 0.9995 and user != sender:
-                continue
+                continue  # lost
             via = "sync" if rng.random() < 0.02 else "push"
             rt = t + rng.expovariate(1 / (0.01 if via == "push" else 2.0))
-            rec = {
-                "t": rt,
-                "ev": "recv",
-                "user": user,
-                "conv": conv,
-                "msg": msg,
-                "seq": seq,
-                "via": via,
-                "sender": sender,
-                "node": "n1",
-            }
-            lines[int(user[1:]) // (USERS // 2)].append((rt, json.dumps(rec)))
-            n += 1
-    for user in users[:50]:
-        for k in range(3):
-            ct = t0 + 60.0 * k + rng.random()
-            lines[int(user[1:]) // (USERS // 2)].append(
-                (ct, json.dumps({"t": ct, "ev": "connect", "user": user, "node": "n1"}))
+            emit(
+                user,
+                {
+                    "t": rt,
+                    "ev": "recv",
+                    "user": user,
+                    "conv": conv,
+                    "msg": msg,
+                    "seq": seq,
+                    "via": via,
+                    "sender": sender,
+                    "node": "n1",
+                },
             )
             n += 1
     for k, out in enumerate(lines):

@@ -181,10 +181,13 @@ def test_duplicated(tmp_path: Path) -> None:
     h.recv(3.0, "b", "m1", "a", DM_AB, seq=1)
     h.recv(0.02, "a", "m1", "a", DM_AB, seq=1)
     h.recv(0.03, "a", "m1", "a", DM_AB, seq=1)  # a duplicated echo is not counted
+    h.sent(4.0, "a", DM_AB, "m2", seq=2)
+    h.recv(4.01, "b", "m2", "a", DM_AB, seq=2)
+    h.recv(4.02, "b", "m2", "a", DM_AB, seq=2)
     m = check(h.write(tmp_path))
-    anomalies_except(m, duplicated=2)
+    anomalies_except(m, duplicated=3)
     d = m["deliveries"]
-    assert (d["delivered"], d["push"], d["sync"], d["duplicated_pairs"]) == (1, 1, 0, 1)
+    assert (d["delivered"], d["push"], d["sync"], d["duplicated_pairs"]) == (2, 2, 0, 2)
 
 
 def test_unexpected(tmp_path: Path) -> None:

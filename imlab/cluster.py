@@ -22,7 +22,7 @@ from typing import Any
 from imlab.services import KafkaService, ProcessService, RedisService, Service
 
 STAGES = ("v1", "v2", "v3", "v4")
-DEFAULT_SECRET = "imlab-dev-secret-change-me"
+DEFAULT_SECRET = "imlab-dev-secret-change-me-32-bytes-min"  # HS256 wants >= 32 bytes
 _PACKAGES = ("python-socketio", "aiohttp", "aiokafka", "redis", "locust", "simpy", "imlab")
 
 

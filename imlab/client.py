@@ -212,6 +212,19 @@ class ClientCore:
             if self.on_group is not None:
                 self.on_group(data)
 
+    def handle_group_ack(self, ack: dict[str, Any], members: Sequence[str]) -> None:
+        if ack.get("ok"):
+            self.groups[ack["group_id"]] = list(ack.get("members") or members)
+            self.record("group", conv=ack.get("conv"), members=self.groups[ack["group_id"]])
+
+    def connect_failed(self, url: str, exc: Exception, errors: list[str]) -> None:
+        """A refused connect ends the attempt (wrong identity stays wrong on every node);
+        an unreachable node is noted and the next one is tried."""
+        if self.refusal is not None:
+            r = self.refusal
+            raise ConnectRefused(str(r.get("code", "refused")), str(r.get("message", "")))
+        errors.append(f"{url}: {exc}")
+
     def handle_connect_error(self, data: Any) -> None:
         self.refusal = p.parse_refusal(data)
 
@@ -292,13 +305,6 @@ class ClientCore:
                     break
 
 
-def _refused(core: ClientCore) -> ConnectRefused | None:
-    if core.refusal is None:
-        return None
-    r = core.refusal
-    return ConnectRefused(str(r.get("code", "refused")), str(r.get("message", "")))
-
-
 # ---------------------------------------------------------------- asyncio client
 
 
@@ -340,10 +346,7 @@ class AsyncChatClient(ClientCore):
                     url, auth=self.auth, transports=["websocket"], wait_timeout=timeout
                 )
             except socketio.exceptions.ConnectionError as exc:
-                refused = _refused(self)
-                if refused is not None:
-                    raise refused from None
-                errors.append(f"{url}: {exc}")
+                self.connect_failed(url, exc, errors)
                 continue
             self.url = url
             await self._after_connect()
@@ -443,9 +446,7 @@ class AsyncChatClient(ClientCore):
 
     async def create_group(self, members: Sequence[str], name: str = "") -> dict[str, Any]:
         ack = await self.call(p.CREATE_GROUP, {"members": list(members), "name": name})
-        if ack.get("ok"):
-            self.groups[ack["group_id"]] = list(ack.get("members") or members)
-            self.record("group", conv=ack.get("conv"), members=self.groups[ack["group_id"]])
+        self.handle_group_ack(ack, members)
         return ack
 
     async def latest(self) -> dict[str, Any]:
@@ -521,10 +522,7 @@ class SyncChatClient(ClientCore):
                     url, auth=self.auth, transports=["websocket"], wait_timeout=timeout
                 )
             except socketio.exceptions.ConnectionError as exc:
-                refused = _refused(self)
-                if refused is not None:
-                    raise refused from None
-                errors.append(f"{url}: {exc}")
+                self.connect_failed(url, exc, errors)
                 continue
             self.url = url
             self._after_connect()
@@ -598,9 +596,7 @@ class SyncChatClient(ClientCore):
 
     def create_group(self, members: Sequence[str], name: str = "") -> dict[str, Any]:
         ack = self.call(p.CREATE_GROUP, {"members": list(members), "name": name})
-        if ack.get("ok"):
-            self.groups[ack["group_id"]] = list(ack.get("members") or members)
-            self.record("group", conv=ack.get("conv"), members=self.groups[ack["group_id"]])
+        self.handle_group_ack(ack, members)
         return ack
 
     def _on_message(self, data: Any) -> None:

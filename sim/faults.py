@@ -34,13 +34,13 @@ class FaultSpecError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class RedisOutage:
-    """Redis answers nothing from `start` for `duration` seconds."""
+class _Window:
+    """A fault with a time window: it starts at `start` and lasts `duration` seconds."""
 
     start: float
     duration: float
-    kind: ClassVar[str] = "redis-outage"
-    target: ClassVar[str] = "redis"
+    kind: ClassVar[str] = "window"
+    target: ClassVar[str] = ""
 
     @property
     def end(self) -> float:
@@ -54,45 +54,29 @@ class RedisOutage:
 
 
 @dataclass(frozen=True, slots=True)
-class RedisRestart:
+class RedisOutage(_Window):
+    """Redis answers nothing from `start` for `duration` seconds."""
+
+    kind: ClassVar[str] = "redis-outage"
+    target: ClassVar[str] = "redis"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisRestart(_Window):
     """Redis is killed at `start` and started again `duration` seconds later (same port).
 
     Live runs keep an append-only file, so what Redis had acknowledged survives."""
 
-    start: float
-    duration: float
     kind: ClassVar[str] = "redis-restart"
     target: ClassVar[str] = "redis"
 
-    @property
-    def end(self) -> float:
-        return self.start + self.duration
-
-    def window(self, run_end: float) -> tuple[float, float]:
-        return self.start, min(self.end, run_end)
-
-    def spec(self) -> str:
-        return f"{self.kind}:{format_duration(self.duration)}@{format_duration(self.start)}"
-
 
 @dataclass(frozen=True, slots=True)
-class BrokerDown:
+class BrokerDown(_Window):
     """The Kafka broker is down from `start` for `duration` seconds and loses all it held."""
 
-    start: float
-    duration: float
     kind: ClassVar[str] = "broker-down"
     target: ClassVar[str] = "kafka"
-
-    @property
-    def end(self) -> float:
-        return self.start + self.duration
-
-    def window(self, run_end: float) -> tuple[float, float]:
-        return self.start, min(self.end, run_end)
-
-    def spec(self) -> str:
-        return f"{self.kind}:{format_duration(self.duration)}@{format_duration(self.start)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from sim.faults import (
     FaultSpecError,
     KafkaLoss,
     RedisOutage,
+    RedisRestart,
     parse_duration,
     parse_faults,
 )
@@ -35,6 +36,14 @@ def test_every_kind_parses_into_its_dataclass() -> None:
     assert [c.target for c in plan.crashes] == ["gateway-1", "server-0"]
     assert plan.kafka_loss == 0.01
     assert plan.churn == 0.2
+
+
+def test_redis_restart_and_outage_windows_may_not_overlap() -> None:
+    plan = parse_faults("redis-restart:5s@20s,redis-outage:10s@30s,broker-down:5s@22s")
+    assert plan.redis_restarts == [RedisRestart(20.0, 5.0)]
+    assert plan.redis_outages == [RedisOutage(30.0, 10.0)]
+    with pytest.raises(FaultSpecError, match="overlap"):
+        parse_faults("redis-restart:15s@20s,redis-outage:10s@30s")
 
 
 @pytest.mark.parametrize("spec", ["", "  ", "none"])

@@ -1,0 +1,105 @@
+"""The `imlab load` subcommand: parse the options, run the load (loadtest.runner), print
+the checker's summary; registered into the `imlab` command by `register`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loadtest.plan import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
+from loadtest.runner import LoadOptions, LoadRunError, run_load
+
+EPILOG = "scenarios:\n" + "\n".join(f"  {name:<12} {what}" for name, what in SCENARIOS.items())
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from imlab.cli import add_cluster_args
+    from imlab.cluster import STAGES
+
+    p = sub.add_parser(
+        "load",
+        help="run a Locust load scenario against a stage and judge it",
+        description=(
+            "Start a stage, run a Locust scenario on a fixed open-loop schedule, drain, "
+            "order a final catch-up by every client, stop everything, and judge the "
+            "histories (metrics.json). Leaves a complete run folder."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--scenario", default="group", choices=list(SCENARIOS))
+    p.add_argument("--users", type=int, default=40, help="simulated users (default 40)")
+    p.add_argument("--rate", type=float, default=1.0, help="sends per second per user (default 1)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of sending")
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
+    p.add_argument(
+        "--processes", type=int, default=0, help="Locust worker processes (default: one per core)"
+    )
+    p.add_argument("--spawn-rate", type=float, default=0.0, help="users started per second")
+    p.add_argument(
+        "--churn", type=float, default=None, help="fraction of users that drop and come back"
+    )
+    p.add_argument("--churn-online", type=float, default=2.0, help="mean online spell, s")
+    p.add_argument("--churn-offline", type=float, default=1.0, help="mean offline spell, s")
+    p.add_argument(
+        "--churn-silent", type=float, default=0.5, help="share of drops the server is not told of"
+    )
+    p.add_argument(
+        "--step-users",
+        type=int,
+        default=0,
+        help="saturation ramp: add this many users every --step-every seconds",
+    )
+    p.add_argument("--step-every", type=float, default=10.0)
+    p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
+    p.add_argument(
+        "--faults",
+        default="",
+        help="fault spec, as for `imlab sim` (e.g. redis-outage:5s@10s,churn:0.2)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-load-<stage>)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    add_cluster_args(p)
+    p.set_defaults(func=cmd_load)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Run one load test; exit 0 when it ran (whatever it found), 2 when it could not."""
+    from imlab.cli import spec_from_args
+    from sim.faults import FaultSpecError
+
+    try:
+        opts = LoadOptions(
+            stage=args.stage,
+            scenario=args.scenario,
+            users=args.users,
+            rate=args.rate,
+            duration=args.duration,
+            group_size=args.group_size,
+            processes=args.processes,
+            spawn_rate=args.spawn_rate,
+            churn=args.churn,
+            churn_online=args.churn_online,
+            churn_offline=args.churn_offline,
+            churn_silent=args.churn_silent,
+            step_users=args.step_users,
+            step_every=args.step_every,
+            max_drain=args.max_drain,
+            faults=args.faults,
+            seed=args.seed,
+            run_dir=Path(args.run_dir) if args.run_dir else None,
+            cluster=spec_from_args(args.stage, args),
+            quiet=args.quiet,
+        )
+        result = run_load(opts)
+    except (PlanError, FaultSpecError, LoadRunError, ValueError) as exc:
+        print(f"imlab load: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print(result.summary)
+        print(f"run folder: {result.run_dir}")
+    return 0
+

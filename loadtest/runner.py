@@ -1,0 +1,545 @@
+"""`imlab load`: one load run from start to verdict.
+
+Starts the stage (`Cluster`), creates the planned groups, runs Locust headless with
+one worker process per core on the plan, opens the send window once every user is
+connected, drains until deliveries settle, orders the final catch-up, stops
+everything, then judges the histories with the checker and leaves a complete run
+folder (manifest, histories, Locust CSV/HTML, logs, metrics.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from imlab.client import AsyncChatClient, HistoryRecorder
+from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
+from loadtest.monitor import (
+    CpuSampler,
+    generator_verdict,
+    process_tree,
+    read_status,
+    schedule_lag,
+    total_status,
+)
+from loadtest.plan import (
+    ChurnSpec,
+    LoadPlan,
+    PlanError,
+    StepShape,
+    check_scenario,
+    group_indices,
+    user_names,
+)
+from sim.faults import FaultPlan, parse_faults
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLAN_ENV = "IMLAB_LOAD_PLAN"
+
+
+class LoadRunError(RuntimeError):
+    """The run could not be carried out (the message says which step failed)."""
+
+
+@dataclass
+class LoadOptions:
+    """Everything `imlab load` takes; defaults make a short, modest run."""
+
+    stage: str
+    scenario: str = "group"
+    users: int = 40
+    rate: float = 1.0  # sends per second per user
+    duration: float = 30.0
+    group_size: int = 8
+    processes: int = 0  # Locust worker processes; 0: one per core
+    spawn_rate: float = 0.0  # users started per second; 0: all within about 2 s
+    churn: float | None = None  # fraction of users that churn (default: 1 for `churn`)
+    churn_online: float = 2.0
+    churn_offline: float = 1.0
+    churn_silent: float = 0.5
+    step_users: int = 0  # > 0: a step shape adds this many users every `step_every` s
+    step_every: float = 10.0
+    max_drain: float = 30.0
+    settle: float = 1.5
+    faults: str = ""
+    seed: int = 1
+    body_bytes: int = 32
+    run_dir: Path | None = None
+    runs_root: Path | None = None
+    cluster: ClusterSpec | None = None
+    quiet: bool = False
+
+
+@dataclass
+class LoadResult:
+    run_dir: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    verdict: dict[str, Any]
+    summary: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- Locust process
+
+
+class LocustProcess:
+    """Locust headless in its own session; stopped with SIGINT (it then writes its
+    CSV and HTML), killed as a group if it does not stop in time."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        atexit.register(self.stop, 5.0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        # the workers are forked into the master's group: leave none behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+# ---------------------------------------------------------------- setup
+
+
+async def _setup(
+    plan: LoadPlan, cluster: Cluster, history: Path, secret: str
+) -> tuple[set[str], dict[str, list[str]]]:
+    """Ask the stage what it can do, then create the planned groups (their first
+    member creates each). Returns the stage's features and {group_id: members}."""
+    recorder = HistoryRecorder(history)
+
+    def client(user: str) -> AsyncChatClient:
+        token = None
+        if plan.stage == "v4":
+            auth = importlib.import_module("imlab.auth")  # v4 tokens
+            token = auth.issue_token(user, secret, ttl=plan.token_ttl)
+        return AsyncChatClient(
+            user, cluster.endpoints, reconnect=False, recorder=recorder, token=token
+        )
+
+    try:
+        probe = client(plan.users[0])
+        await probe.connect()
+        features = set(probe.features)
+        await probe.close()
+        check_scenario(plan.scenario, plan.n, plan.group_size, features)
+        if not plan.uses_groups:
+            return features, {}
+        gate = asyncio.Semaphore(16)
+
+        async def create(members: list[str]) -> tuple[str, list[str]]:
+            async with gate:
+                creator = client(members[0])
+                await creator.connect()
+                try:
+                    ack = await creator.create_group(members[1:], name="load")
+                finally:
+                    await creator.close()
+                if not ack.get("ok"):
+                    raise LoadRunError(f"create_group for {members[0]} failed: {ack}")
+                return str(ack["group_id"]), sorted(ack.get("members") or members)
+
+        plans = [
+            [plan.users[i] for i in idx]
+            for idx in group_indices(plan.scenario, plan.n, plan.group_size)
+        ]
+        created = await asyncio.gather(*(create(m) for m in plans))
+        return features, dict(created)
+    finally:
+        recorder.close()
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _Progress:
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self._last = 0.0
+        self._open_line = False
+
+    def say(self, text: str) -> None:
+        if self.quiet:
+            return
+        self.end_line()
+        print(text, file=self.out, flush=True)
+
+    def tick(self, text: str) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if now - self._last < (1.0 if self.tty else 5.0):
+            return
+        self._last = now
+        if self.tty:
+            print("\r" + text.ljust(110)[:110], end="", file=self.out, flush=True)
+            self._open_line = True
+        else:
+            print(text, file=self.out, flush=True)
+
+    def end_line(self) -> None:
+        if self._open_line:
+            print(file=self.out, flush=True)
+            self._open_line = False
+
+
+def _status_line(phase: str, elapsed: float, total: float, st: dict[str, Any], gen: str) -> str:
+    ev = st.get("events", {})
+    recv = ev.get("recv_push", 0) + ev.get("recv_sync", 0)
+    left = max(0.0, total - elapsed)
+    return (
+        f"[{phase} {elapsed:5.1f}s, {left:4.0f}s left] online {st.get('online', 0)}"
+        f"  sends {ev.get('send', 0):,} (ok {ev.get('ack_ok', 0):,}, err {ev.get('ack_err', 0):,})"
+        f"  recv {recv:,}  lag {st.get('lag_max_s', 0.0) * 1000:.0f}ms  gen {gen}"
+    )
+
+
+def build_plan(opts: LoadOptions, endpoints: list[str], run_dir: Path, churn: float) -> LoadPlan:
+    shape = StepShape(opts.step_users, opts.step_every) if opts.step_users > 0 else None
+    return LoadPlan(
+        stage=opts.stage,
+        scenario=opts.scenario,
+        endpoints=endpoints,
+        users=user_names(opts.users, uuid.uuid4().hex[:4]),
+        rate=opts.rate,
+        duration=opts.duration,
+        group_size=opts.group_size,
+        churn=ChurnSpec(churn, opts.churn_online, opts.churn_offline, opts.churn_silent),
+        shape=shape,
+        seed=opts.seed,
+        body_bytes=opts.body_bytes,
+        token_ttl=opts.duration + 3600.0,
+        run_dir=str(run_dir.resolve()),
+    )
+
+
+def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
+    """Carry out one load run and judge it; raises LoadRunError/PlanError when it cannot."""
+    from imlab.cli import new_run_dir
+    from reports.checker import check, summary_table
+
+    out = out or sys.stdout
+    say = _Progress(out, opts.quiet)
+    if opts.rate <= 0 or opts.duration <= 0:
+        raise PlanError("rate and duration must be positive")
+    check_scenario(opts.scenario, opts.users, opts.group_size)
+    fault_plan = parse_faults(opts.faults)
+    churn = opts.churn
+    if churn is None:
+        churn = fault_plan.churn or (1.0 if opts.scenario == "churn" else 0.0)
+    spec = opts.cluster or ClusterSpec(opts.stage)
+    run_dir = opts.run_dir or new_run_dir("load", opts.stage, opts.runs_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loadgen = run_dir / "loadgen"
+    loadgen.mkdir(exist_ok=True)
+    processes = opts.processes or os.cpu_count() or 1
+    spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
+
+    cluster = Cluster(spec, run_dir)
+    locust: LocustProcess | None = None
+    live_faults: Any = None
+    sampler: CpuSampler | None = None
+    warnings: list[str] = []
+    times: dict[str, float] = {"begin": time.time()}
+    send_start = send_end = drain_end = math.nan
+    groups: dict[str, list[str]] = {}
+    features: set[str] = set()
+    status: dict[str, Any] = {}
+    locust_code: int | None = None
+    plan: LoadPlan | None = None
+    argv: list[str] = []
+    saved_drop = os.environ.get("IMLAB_KAFKA_DROP")
+    try:
+        say.say(f"starting {opts.stage} into {run_dir} ...")
+        if fault_plan.kafka_loss:
+            os.environ["IMLAB_KAFKA_DROP"] = str(fault_plan.kafka_loss)
+        cluster.start()
+        times["cluster_up"] = time.time()
+        plan = build_plan(opts, cluster.endpoints, run_dir, churn)
+        features, groups = asyncio.run(
+            _setup(plan, cluster, run_dir / "history-setup.jsonl", spec.secret)
+        )
+        plan.groups = groups
+        plan.user_group = {u: gid for gid, members in groups.items() for u in members}
+        plan_path = loadgen / "plan.json"
+        plan.save(plan_path)
+        times["setup_done"] = time.time()
+        if groups:
+            say.say(f"created {len(groups)} group(s) of {plan.expected_fanout() + 1:.1f} members")
+
+        env = dict(os.environ)
+        env[PLAN_ENV] = str(plan_path.resolve())
+        env["IMLAB_SECRET"] = spec.secret
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        first = plan.shape.step if plan.shape else opts.users
+        ramp = plan.shape.ramp_seconds(opts.users) if plan.shape else 0.0
+        connect_budget = 30.0 + 2.0 * opts.users / spawn_rate
+        safety = connect_budget + ramp + opts.duration + opts.max_drain + 120.0
+        argv = [
+            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+            "--processes", str(processes), "-u", str(opts.users), "-r", f"{spawn_rate:g}",
+            "-t", f"{math.ceil(safety)}s", "--csv", str(run_dir / "locust"),
+            "--html", str(run_dir / "locust.html"), "--only-summary",
+            "--exit-code-on-error", "0", "--loglevel", "WARNING",
+        ]  # fmt: skip
+        locust = LocustProcess(argv, env, cluster.logs / "locust.log")
+        sampler = CpuSampler(
+            {
+                "load_generator": lambda: process_tree(locust.pid if locust else None),
+                "stage": lambda: [pid for s in cluster.services() for pid in process_tree(s.pid)],
+            }
+        ).start()
+
+        def snapshot() -> dict[str, Any]:
+            nonlocal status
+            status = total_status(read_status(loadgen))
+            if locust is not None and not locust.running():
+                raise LoadRunError(
+                    f"Locust exited early (code {locust.proc.returncode}); "
+                    f"log {locust.log_path}:\n{locust.log_tail()}"
+                )
+            return status
+
+        def gen_cpu() -> str:
+            if not sampler or not sampler.samples:
+                return "-"
+            last = sampler.samples[-1].groups.get("load_generator", {})
+            return f"{max(last.values(), default=0.0):.0f}%/proc"
+
+        # 1. every user (of the first step) connected
+        say.say(f"locust: {processes} worker process(es), {opts.users} users; connecting ...")
+        deadline = time.time() + connect_budget
+        while True:
+            st = snapshot()
+            if st.get("ever_connected", 0) + st.get("connect_failed", 0) >= first:
+                break
+            if time.time() > deadline:
+                warnings.append(
+                    f"only {st.get('ever_connected', 0)} of {first} users connected in time"
+                )
+                break
+            time.sleep(0.2)
+        if status.get("connect_failed"):
+            warnings.append(f"{status['connect_failed']} users could not connect")
+        times["connected"] = time.time()
+
+        # 2. the send window
+        send_start = time.time() + 0.5
+        send_end = send_start + ramp + opts.duration
+        _write_control(loadgen, {"send_start": send_start, "send_end": send_end, "final": False})
+        if fault_plan:
+            live_faults = _start_live_faults(cluster, fault_plan, run_dir, send_start, warnings)
+        total = send_end - send_start
+        say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")
+        while time.time() < send_end:
+            st = snapshot()
+            elapsed = time.time() - send_start
+            say.tick(_status_line("send", max(0.0, elapsed), total, st, gen_cpu()))
+            time.sleep(0.2)
+
+        # 3. drain: wait until nothing more arrives (or the cap)
+        say.end_line()
+        last_key: tuple[Any, ...] = ()
+        stable_since = time.time()
+        drain_cap = send_end + opts.max_drain
+        while time.time() < drain_cap:
+            st = snapshot()
+            key = (st.get("online"), *sorted(st.get("events", {}).items()))
+            now = time.time()
+            if key != last_key:
+                last_key, stable_since = key, now
+            elif now - stable_since >= opts.settle:
+                break
+            say.tick(_status_line("drain", now - send_end, opts.max_drain, st, gen_cpu()))
+            time.sleep(0.25)
+        else:
+            warnings.append(f"deliveries still arriving after the {opts.max_drain:g}s drain cap")
+        times["drained"] = time.time()
+
+        # 4. the final catch-up by every client
+        _write_control(loadgen, {"send_start": send_start, "send_end": send_end, "final": True})
+        final_deadline = time.time() + 30.0 + opts.users / 20.0
+        while time.time() < final_deadline:
+            st = snapshot()
+            if st.get("finished", 0) >= st.get("started", 0) > 0:
+                break
+            time.sleep(0.2)
+        else:
+            warnings.append(
+                f"{status.get('started', 0) - status.get('finished', 0)} users did not finish "
+                "their final sync in time"
+            )
+        drain_end = time.time()
+        say.end_line()
+        say.say(f"final sync done ({drain_end - send_end:.1f}s after the send window); stopping")
+    finally:
+        say.end_line()
+        if live_faults is not None:
+            live_faults.stop()
+        if locust is not None:
+            locust_code = locust.stop()
+        if sampler is not None:
+            sampler.stop()
+        cluster.stop()
+        if fault_plan.kafka_loss:
+            if saved_drop is None:
+                os.environ.pop("IMLAB_KAFKA_DROP", None)
+            else:
+                os.environ["IMLAB_KAFKA_DROP"] = saved_drop
+    assert plan is not None and sampler is not None
+
+    status = total_status(read_status(loadgen))
+    histories = sorted(run_dir.glob("history*.jsonl"))
+    lag = schedule_lag(histories)
+    cpu = sampler.summary(send_start, send_end)
+    verdict = generator_verdict(cpu, lag)
+    faults: list[dict[str, Any]] = live_faults.manifest_faults() if live_faults else []
+    for f in fault_plan.items:
+        if f.kind in ("kafka-loss", "churn"):
+            faults.append({"kind": f.kind, "target": f.target, "start": send_start,
+                           "end": send_end, "spec": f.spec()})  # fmt: skip
+    manifest: dict[str, Any] = {
+        "stage": opts.stage,
+        "scenario": opts.scenario,
+        "params": {
+            "users": opts.users,
+            "rate": opts.rate,
+            "duration": opts.duration,
+            "group_size": opts.group_size if plan.uses_groups else None,
+            "processes": processes,
+            "spawn_rate": spawn_rate,
+            "churn": asdict(plan.churn),
+            "shape": asdict(plan.shape) if plan.shape else None,
+            "seed": opts.seed,
+            "body_bytes": opts.body_bytes,
+            "max_drain": opts.max_drain,
+            "settle": opts.settle,
+            "faults": opts.faults,
+            "offered_sends_per_s": plan.offered_sends_per_s(),
+            "offered_deliveries_per_s": plan.offered_sends_per_s() * plan.expected_fanout(),
+        },
+        "started_at": send_start,
+        "ended_at": send_end,
+        "drain_end": drain_end,
+        "groups": groups,
+        "faults": faults,
+        "faults_requested": fault_plan.spec() if fault_plan else "",
+        "stage_features": sorted(features),
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "cluster": {
+            k: v for k, v in cluster.manifest().items() if k not in ("machine", "versions")
+        },
+        "load_generator": {
+            "tool": "locust",
+            "processes": processes,
+            "exit_code": locust_code,
+            "command": argv,
+            "cpu": cpu.get("load_generator"),
+            "lag": lag,
+            "status": status,
+            "verdict": verdict,
+        },
+        "stage_cpu": cpu.get("stage"),
+        "machine_cpu": cpu.get("machine_pct"),
+        "timing": {k: round(v - times["begin"], 3) for k, v in times.items()},
+        "warnings": warnings,
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    metrics = check(run_dir)
+    table = summary_table(metrics)
+    text = table + "\n" + _verdict_lines(verdict, lag, cpu, warnings)
+    say.say(text)
+    say.say(f"run folder: {run_dir}")
+    return LoadResult(run_dir, manifest, metrics, verdict, text, warnings)
+
+
+def _verdict_lines(
+    verdict: dict[str, Any], lag: dict[str, Any], cpu: dict[str, Any], warnings: list[str]
+) -> str:
+    gen = cpu.get("load_generator") or {}
+    stage = cpu.get("stage") or {}
+    lines = [
+        f"schedule lag ms      p50 {lag.get('p50_ms', '-')}  p99 {lag.get('p99_ms', '-')}"
+        f"  max {lag.get('max_ms', '-')}  (late >100ms: {lag.get('late_fraction', 0):.1%})",
+        f"cpu % of a core      generator {gen.get('total_pct_mean', '-')} "
+        f"(busiest process {gen.get('busiest_process_pct_mean', '-')})"
+        f"  stage {stage.get('total_pct_mean', '-')}",
+        "load generator       "
+        + (
+            "LIMIT: " + "; ".join(verdict["reasons"])
+            if verdict["generator_limited"]
+            else "not the limit"
+        ),
+    ]
+    lines += [f"note                 {n}" for n in verdict["notes"]]
+    lines += [f"warning              {w}" for w in warnings]
+    return "\n".join(lines)
+
+
+def _write_control(loadgen: Path, control: dict[str, Any]) -> None:
+    tmp = loadgen / ".control.tmp"
+    tmp.write_text(json.dumps(control))
+    tmp.replace(loadgen / "control.json")
+
+
+def _start_live_faults(
+    cluster: Cluster, plan: FaultPlan, run_dir: Path, t0: float, warnings: list[str]
+) -> Any:
+    """Inject the scheduled faults of the spec (imlab.chaos), timed from the send start."""
+    try:
+        from imlab.chaos import LiveFaults
+    except ImportError:
+        warnings.append("fault injection is not available: faults recorded, not injected")
+        return None
+    return LiveFaults(cluster, plan, history=run_dir / "history-faults.jsonl").start(t0)

@@ -273,14 +273,14 @@ class Station:
         self.refused = 0
         self.busy_time = 0.0
         self.outages: list[tuple[float, float | None]] = []
-        self._down = False
+        self._down = 0  # how many outages are in force; overlapping windows nest
         self._repaired = env.event()
         self._queued: set[Process] = set()
         self._in_service: set[Process] = set()
 
     @property
     def is_down(self) -> bool:
-        return self._down
+        return self._down > 0
 
     @property
     def queue_length(self) -> int:
@@ -302,10 +302,13 @@ class Station:
         return self.env.process(self._visit(service_time))
 
     def fail(self) -> None:
-        """Go down now: interrupt the jobs in service (and, under REFUSE, the queued ones)."""
-        if self._down:
+        """Go down now: interrupt the jobs in service (and, under REFUSE, the queued ones).
+
+        Calls nest: the station is up again after as many `repair()` calls.
+        """
+        self._down += 1
+        if self._down > 1:
             return
-        self._down = True
         self.outages.append((self.env.now, None))
         victims = list(self._in_service)
         if self.down_policy is DownPolicy.REFUSE:
@@ -314,10 +317,12 @@ class Station:
             proc.interrupt(UNAVAILABLE)
 
     def repair(self) -> None:
-        """Come back up now; paused and waiting jobs carry on."""
+        """End one outage; when none is left the station is up and held jobs carry on."""
         if not self._down:
             return
-        self._down = False
+        self._down -= 1
+        if self._down:
+            return
         start, _ = self.outages[-1]
         self.outages[-1] = (start, self.env.now)
         repaired, self._repaired = self._repaired, self.env.event()
@@ -366,7 +371,8 @@ class Station:
                     if self.down_policy is DownPolicy.REFUSE:
                         self.busy_time += total - remaining
                         return self._refuse(arrived, started)
-                    yield self._repaired
+                    while self._down:
+                        yield self._repaired
                     continue
                 self._in_service.discard(me)
                 break

@@ -183,7 +183,7 @@ class Broker:
         self.request_timeout = request_timeout
         self.stale_ack_window = stale_ack_window
         self.topics: dict[str, Topic[Any]] = {}
-        self.up = True
+        self._down = 0  # how many outages are in force; overlapping windows nest
         self.outages: list[tuple[float, float | None]] = []
         self.published = 0
         self.appended = 0
@@ -191,6 +191,10 @@ class Broker:
         self.timed_out = 0
         self.lost_in_outages = 0
         self._stale_until = -1.0
+
+    @property
+    def up(self) -> bool:
+        return self._down == 0
 
     def topic(self, name: str, partitions: int = 1) -> Topic[Any]:
         """The topic called `name`, created with `partitions` partitions if new."""
@@ -200,20 +204,23 @@ class Broker:
         return topic
 
     def fail(self) -> None:
-        """Go down now, losing every record held."""
-        if not self.up:
+        """Go down now, losing every record held. Calls nest, like `Station.fail`."""
+        self._down += 1
+        if self._down > 1:
             return
-        self.up = False
         self.outages.append((self.env.now, None))
         for topic in self.topics.values():
             for partition in topic.partitions:
                 self.lost_in_outages += partition._lose_everything()
 
     def restore(self) -> None:
-        """Come back up, empty (topics are taken to be re-created at once)."""
-        if self.up:
+        """End one outage; when none is left the broker is up, empty (topics are taken
+        to be re-created at once)."""
+        if not self._down:
             return
-        self.up = True
+        self._down -= 1
+        if self._down:
+            return
         start, _ = self.outages[-1]
         self.outages[-1] = (start, self.env.now)
         self._stale_until = self.env.now + self.stale_ack_window

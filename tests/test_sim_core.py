@@ -135,6 +135,27 @@ def test_wait_policy_idle_server_does_not_start_work_while_down() -> None:
     assert (visits[0].started, visits[0].finished) == (5.0, 15.0)
 
 
+@pytest.mark.parametrize(
+    ("windows", "finished", "outages"),
+    [
+        ([(4.0, 2.0), (6.0, 2.0)], 14.0, [(4.0, 8.0)]),  # back to back
+        ([(4.0, 3.0), (5.0, 4.0)], 15.0, [(4.0, 9.0)]),  # overlapping
+        ([(2.0, 1.0), (5.0, 1.0)], 12.0, [(2.0, 3.0), (5.0, 6.0)]),
+    ],
+)
+def test_outage_windows_nest(
+    windows: list[tuple[float, float]], finished: float, outages: list[tuple[float, float]]
+) -> None:
+    env = simpy.Environment()
+    station = _station(env, DownPolicy.WAIT)
+    visits: list[Visit] = []
+    _submit_at(env, station, 0.0, visits)
+    for start, duration in windows:
+        station.outage(start, duration)
+    env.run()
+    assert visits[0].finished == finished and station.outages == outages
+
+
 def test_refuse_policy_fails_everything_held_and_refuses_arrivals() -> None:
     env = simpy.Environment()
     station = _station(env, DownPolicy.REFUSE)

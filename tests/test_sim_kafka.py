@@ -149,6 +149,17 @@ def test_broker_down_times_out_publishes_and_loses_what_it_held() -> None:
     assert consumer.position[p] == 1 and consumer.fetched == 1
 
 
+def test_overlapping_broker_outages_nest() -> None:
+    env = simpy.Environment()
+    broker = _broker(env)
+    broker.outage(1.0, 2.0)
+    broker.outage(2.0, 2.0)
+    env.run(until=3.5)
+    assert not broker.up
+    env.run()
+    assert broker.up and broker.outages == [(1.0, 4.0)]
+
+
 def test_publishes_right_after_a_restart_can_be_acked_and_lost() -> None:
     env = simpy.Environment()
     broker = _broker(env, stale_ack_window=1.0)

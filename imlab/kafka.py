@@ -1,0 +1,387 @@
+"""Kafka plumbing shared by stages v3 and v4: explicit topic creation, a producer
+that notices when the broker lost its state, and a consumer loop that survives bad
+records, a dead broker and a broker restart.
+
+Settings follow the measured notes in FACTS.md (Tansu section): short fetch waits
+for latency, a 3 s session timeout, topics created explicitly with the partition
+count meant, no idempotent producer. Nothing here assumes Tansu: any Kafka
+cluster works through its bootstrap address.
+
+Broker restarts: a memory-only broker (or a wiped cluster) forgets topics and
+consumer offsets, and a producer with old metadata may get acks for writes that
+are gone. `KafkaLink` creates a sentinel topic that nobody writes to and checks
+every second that it still exists; when it is gone, the link re-creates the base
+topics and its producer, forgets which topics it had ensured, bumps `epoch`, and
+every `ConsumerLoop` on the link re-creates its consumer. Writes in the second
+before the check notices are the real "publish acked, then lost" window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
+
+from imlab.metrics import Metrics
+
+log = logging.getLogger("imlab.kafka")
+
+SENTINEL_TOPIC = "imlab.sentinel"
+TOPIC_ALREADY_EXISTS = 36
+CHECK_INTERVAL = 1.0
+
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 0,
+    "request_timeout_ms": 3000,  # a dead broker becomes an `unavailable` ack, not a hang
+    "enable_idempotence": False,  # fails at start() on Tansu; the store dedups instead
+}
+
+CONSUMER_SETTINGS: dict[str, Any] = {
+    "fetch_max_wait_ms": 10,  # p50 ~4 ms instead of ~100 ms with the default 500
+    "session_timeout_ms": 3000,  # a dead member's partitions move after ~5.5 s
+    "heartbeat_interval_ms": 500,
+    "metadata_max_age_ms": 1000,  # how soon a pattern subscription sees a new topic
+    "auto_offset_reset": "earliest",  # a new topic is read from its first record
+    "enable_auto_commit": False,  # offsets are committed after processing
+    "request_timeout_ms": 5000,
+}
+
+RecordHandler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+class KafkaLink:
+    """A producer and an admin client for one Kafka cluster, kept fit by a watchdog.
+
+    `publish` raises a `KafkaError` (never hangs past the request timeout) when the
+    broker is unreachable, so a request handler can answer `unavailable`.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        base_topics: dict[str, int],
+        metrics: Metrics,
+        client_id: str,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.base_topics = dict(base_topics)
+        self.metrics = metrics
+        self.client_id = client_id
+        self.epoch = 0  # 0: never connected; bumps on every (re)creation of the base topics
+        self.connected = False
+        self.last_error: str | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._ensured: set[str] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._reset_lock = asyncio.Lock()
+        metrics.gauge("kafka_connected", lambda: float(self.connected), "broker reachable")
+        metrics.gauge("kafka_epoch", lambda: float(self.epoch), "broker (re)starts seen")
+
+    async def start(self) -> None:
+        """Start the watchdog; it connects (and keeps reconnecting) in the background."""
+        self._watchdog = asyncio.create_task(self._watch(), name="kafka-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self._close_clients()
+
+    def health(self) -> dict[str, Any]:
+        return {"connected": self.connected, "epoch": self.epoch, "last_error": self.last_error}
+
+    # ------------------------------------------------------------ topics and publishing
+
+    async def ensure_topic(self, name: str, partitions: int) -> None:
+        """Create `name` with `partitions` unless this link already did since the last reset."""
+        if name in self._ensured:
+            return
+        admin = self._admin
+        if admin is None:
+            raise KafkaConnectionError(f"broker {self.bootstrap} not reachable")
+        resp = await admin.create_topics([NewTopic(name, partitions, 1)])
+        for topic, code, message in resp.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise KafkaError(f"creating topic {topic}: error {code}: {message}")
+        self.metrics.inc("kafka_topics_ensured")
+        self._ensured.add(name)
+
+    async def publish(self, topic: str, key: str, value: bytes) -> RecordMetadata:
+        """Send one record and wait for the broker's ack."""
+        producer = self._producer
+        if producer is None:
+            self.metrics.inc("kafka_publish_errors")
+            raise KafkaConnectionError(f"broker {self.bootstrap} not reachable")
+        t0 = time.perf_counter()
+        try:
+            meta = await producer.send_and_wait(topic, value, key=key.encode())
+        except KafkaError:
+            self.metrics.inc("kafka_publish_errors")
+            raise
+        self.metrics.inc("kafka_published")
+        self.metrics.inc("kafka_publish_seconds", time.perf_counter() - t0)
+        return meta
+
+    # ------------------------------------------------------------ watchdog
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                if self._admin is None:
+                    await self._connect()
+                else:
+                    await self._check()
+                self.connected = True
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected or self.last_error is None:
+                    log.warning("kafka %s unreachable: %r", self.bootstrap, exc)
+                self.connected = False
+                self.last_error = repr(exc)
+                self.metrics.inc("kafka_watchdog_errors")
+            await asyncio.sleep(CHECK_INTERVAL)
+
+    async def _connect(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=3000,
+        )
+        try:
+            await admin.start()
+        except BaseException:
+            await admin.close()
+            raise
+        self._admin = admin
+        await self._reset("first connect")
+
+    async def _check(self) -> None:
+        assert self._admin is not None
+        topics = await self._admin.list_topics()
+        if SENTINEL_TOPIC not in topics:
+            await self._reset("sentinel topic missing: the broker lost its state")
+
+    async def _reset(self, reason: str) -> None:
+        async with self._reset_lock:
+            log.warning("kafka %s: %s; re-creating topics and producer", self.bootstrap, reason)
+            self._ensured.clear()
+            old, self._producer = self._producer, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.stop()
+            for name, partitions in self.base_topics.items():
+                await self.ensure_topic(name, partitions)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-producer",
+                **PRODUCER_SETTINGS,
+            )
+            await producer.start()
+            self._producer = producer
+            # Last: once the sentinel exists, the next check trusts everything above.
+            await self.ensure_topic(SENTINEL_TOPIC, 1)
+            self.epoch += 1
+            self.metrics.inc("kafka_resets")
+
+    async def _close_clients(self) -> None:
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+class ConsumerLoop:
+    """Consume a topic pattern in a consumer group and hand each record to `handler`.
+
+    Records of one partition are handled one after another, in offset order;
+    partitions are handled concurrently. Offsets are committed after handling, so
+    delivery is at-least-once: a record handled but not yet committed when its
+    partition moves is handled again by the new owner.
+
+    `handler` raising one of `retry_errors` (a backing service is down) retries the
+    same record with backoff, holding the partition's order; any other exception
+    means the record itself is bad: it is logged, counted and skipped.
+    """
+
+    def __init__(
+        self,
+        link: KafkaLink,
+        group_id: str,
+        pattern: str,
+        handler: RecordHandler,
+        metrics: Metrics,
+        *,
+        retry_errors: tuple[type[BaseException], ...] = (),
+        client_id: str = "imlab-consumer",
+    ) -> None:
+        self.link = link
+        self.group_id = group_id
+        self.pattern = pattern
+        self.handler = handler
+        self.metrics = metrics
+        self.retry_errors = retry_errors
+        self.client_id = client_id
+        self.assigned: set[TopicPartition] = set()
+        self.last_offset: dict[TopicPartition, int] = {}
+        self.running = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        metrics.gauge("kafka_assigned_partitions", lambda: len(self.assigned), "partitions owned")
+        metrics.series(
+            "kafka_last_offset", self._offset_series, "offset of the last record handled"
+        )
+
+    def _offset_series(self) -> Iterable[tuple[dict[str, str], float]]:
+        for tp, offset in sorted(self.last_offset.items()):
+            yield {"topic": tp.topic, "partition": str(tp.partition)}, float(offset)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "group": self.group_id,
+            "assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in self.assigned),
+            "last_offset": {f"{tp.topic}/{tp.partition}": o for tp, o in self.last_offset.items()},
+            "consumed": self.metrics.counters.get("kafka_records_consumed", 0),
+        }
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group_id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            if self.link.epoch == 0:
+                # Joining before the link has (re)created the topics would only mean
+                # rejoining right after: every join costs the whole group a rebalance.
+                await asyncio.sleep(0.05)
+                continue
+            epoch = self.link.epoch
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.link.bootstrap,
+                group_id=self.group_id,
+                client_id=self.client_id,
+                **CONSUMER_SETTINGS,
+            )
+            consumer.subscribe(pattern=self.pattern, listener=_Listener(self, consumer))
+            try:
+                await consumer.start()
+                self.running = True
+                self.metrics.inc("kafka_consumer_starts")
+                while not self._stopping and self.link.epoch == epoch:
+                    batch = await consumer.getmany(timeout_ms=100)
+                    if batch:
+                        await self._process(consumer, batch, epoch)
+                if self.link.epoch != epoch:
+                    log.warning("broker state reset: re-creating the consumer")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.inc("kafka_consumer_errors")
+                log.warning("consumer %s failed: %r; restarting in 1 s", self.group_id, exc)
+                await asyncio.sleep(1.0)
+            finally:
+                self.running = False
+                self.assigned = set()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _process(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        epoch: int,
+    ) -> None:
+        self._idle.clear()
+        try:
+            done: dict[TopicPartition, int] = {}
+
+            async def partition(
+                tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+            ) -> None:
+                for rec in records:
+                    if not await self._handle(consumer, tp, rec, epoch):
+                        return
+                    self.last_offset[tp] = rec.offset
+                    done[tp] = rec.offset + 1
+
+            await asyncio.gather(*(partition(tp, recs) for tp, recs in batch.items()))
+            owned = {tp: off for tp, off in done.items() if tp in consumer.assignment()}
+            if owned:
+                try:
+                    await consumer.commit(owned)
+                except (CommitFailedError, KafkaError) as exc:
+                    # The partition moved on; its new owner handles these records again.
+                    self.metrics.inc("kafka_commit_failures")
+                    log.info("commit failed (rebalance?): %r", exc)
+        finally:
+            self._idle.set()
+
+    async def _handle(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        rec: ConsumerRecord[bytes, bytes],
+        epoch: int,
+    ) -> bool:
+        """Handle one record; False when the partition is no longer ours to handle."""
+        delay = 0.05
+        while True:
+            try:
+                await self.handler(rec)
+            except self.retry_errors as exc:
+                self.metrics.inc("kafka_record_retries")
+                if delay >= 0.8:
+                    log.warning("record %s/%d@%d: retrying: %r", tp.topic, tp.partition,
+                                rec.offset, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if self._stopping or self.link.epoch != epoch or tp not in consumer.assignment():
+                    return False
+                continue
+            except Exception:
+                self.metrics.inc("kafka_records_failed")
+                log.exception("record %s/%d@%d skipped", tp.topic, tp.partition, rec.offset)
+            else:
+                self.metrics.inc("kafka_records_consumed")
+            return True
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets an in-flight batch finish (and commit) before its partitions are revoked."""
+
+    def __init__(self, loop: ConsumerLoop, consumer: AIOKafkaConsumer) -> None:
+        self.loop = loop
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.loop.metrics.inc("kafka_rebalances")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loop._idle.wait(), timeout=10)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.loop.assigned = set(assigned)

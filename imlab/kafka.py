@@ -9,11 +9,12 @@ cluster works through its bootstrap address.
 
 Broker restarts: a memory-only broker (or a wiped cluster) forgets topics and
 consumer offsets, and a producer with old metadata may get acks for writes that
-are gone. `KafkaLink` creates a sentinel topic that nobody writes to and checks
-every second that it still exists; when it is gone, the link re-creates the base
-topics and its producer, forgets which topics it had ensured, bumps `epoch`, and
-every `ConsumerLoop` on the link re-creates its consumer. Writes in the second
-before the check notices are the real "publish acked, then lost" window.
+are gone. `KafkaLink` creates a sentinel topic of its own (one per process, named
+after it, never written to) and checks every second that it still exists; when
+it is gone, the link re-creates the base topics and its producer, forgets which
+topics it had ensured, bumps `epoch`, and every `ConsumerLoop` on the link
+re-creates its consumer. Writes in the second before the check notices are the
+real "publish acked, then lost" window.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from imlab.metrics import Metrics
 
 log = logging.getLogger("imlab.kafka")
 
-SENTINEL_TOPIC = "imlab.sentinel"
+SENTINEL_PREFIX = "imlab.sentinel."
 TOPIC_ALREADY_EXISTS = 36
 CHECK_INTERVAL = 1.0
 
@@ -84,6 +85,9 @@ class KafkaLink:
         self._ensured: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._reset_lock = asyncio.Lock()
+        # Per process: a shared one, re-created by the first process to notice a broker
+        # restart, would hide the restart from every other process.
+        self.sentinel = SENTINEL_PREFIX + client_id
         metrics.gauge("kafka_connected", lambda: float(self.connected), "broker reachable")
         metrics.gauge("kafka_epoch", lambda: float(self.epoch), "broker (re)starts seen")
 
@@ -138,10 +142,7 @@ class KafkaLink:
     async def _watch(self) -> None:
         while True:
             try:
-                if self._admin is None:
-                    await self._connect()
-                else:
-                    await self._check()
+                await asyncio.wait_for(self._tick(), timeout=10)
                 self.connected = True
                 self.last_error = None
             except asyncio.CancelledError:
@@ -152,27 +153,33 @@ class KafkaLink:
                 self.connected = False
                 self.last_error = repr(exc)
                 self.metrics.inc("kafka_watchdog_errors")
+                await self._drop_admin()  # a fresh client next time, not a wedged one
             await asyncio.sleep(CHECK_INTERVAL)
 
-    async def _connect(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap,
-            client_id=f"{self.client_id}-admin",
-            request_timeout_ms=3000,
-        )
-        try:
-            await admin.start()
-        except BaseException:
-            await admin.close()
-            raise
-        self._admin = admin
-        await self._reset("first connect")
-
-    async def _check(self) -> None:
-        assert self._admin is not None
+    async def _tick(self) -> None:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-admin",
+                request_timeout_ms=3000,
+            )
+            try:
+                await admin.start()
+            except BaseException:
+                await admin.close()
+                raise
+            self._admin = admin
         topics = await self._admin.list_topics()
-        if SENTINEL_TOPIC not in topics:
+        if self._producer is None:
+            await self._reset("connecting")
+        elif self.sentinel not in topics:
             await self._reset("sentinel topic missing: the broker lost its state")
+
+    async def _drop_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
 
     async def _reset(self, reason: str) -> None:
         async with self._reset_lock:
@@ -192,7 +199,7 @@ class KafkaLink:
             await producer.start()
             self._producer = producer
             # Last: once the sentinel exists, the next check trusts everything above.
-            await self.ensure_topic(SENTINEL_TOPIC, 1)
+            await self.ensure_topic(self.sentinel, 1)
             self.epoch += 1
             self.metrics.inc("kafka_resets")
 

@@ -1,0 +1,228 @@
+"""Stage v3 on three real server processes, real Redis and the real broker:
+cross-node delivery, one order under simultaneous senders on different nodes,
+fail-over of a killed server with recovery through sync, a bad Kafka record, and
+a dead (then restarted) broker. One cluster for the module; destructive tests last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from imlab import protocol as p
+from imlab.client import AsyncChatClient
+from imlab.cluster import Cluster, ClusterSpec
+from imlab.protocol import Message
+
+from .conftest import StageUnderTest
+from .nodes import eventually, health, metric_sum, summary, user_on
+
+SERVERS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(ClusterSpec("v3", servers=SERVERS), tmp_path_factory.mktemp("v3") / "run")
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+async def pinned(sut: StageUnderTest, nodes: list[int], **kw: object) -> list[AsyncChatClient]:
+    """Connected clients, the i-th on server `nodes[i]`."""
+    clients = []
+    for index in nodes:
+        c = sut.client(user_on(sut, index), **kw)
+        await c.connect()
+        assert c.node == f"server-{index}"
+        clients.append(c)
+    return clients
+
+
+async def group_of(clients: list[AsyncChatClient]) -> str:
+    ack = await clients[0].create_group([c.user for c in clients[1:]], "v3 test")
+    assert ack["ok"], ack
+    gid: str = ack["group_id"]
+    for c in clients:
+        await c.wait_for(lambda c=c: gid in c.groups, 10, "group_created")  # type: ignore[misc]
+    return gid
+
+
+async def test_cross_node_group_delivery(sut: StageUnderTest) -> None:
+    latencies: list[float] = []
+
+    def timed(m: Message, via: str) -> None:
+        if via == "push":
+            latencies.append(time.time() - m.sent_at)
+
+    clients = await pinned(sut, [0, 1, 2], on_message=timed)
+    gid = await group_of(clients)  # group_created reached all three servers' members
+    conv = p.group_conv(gid)
+    first = await clients[1].send(group=gid, body="first")
+    assert first["ok"] and first["seq"] is None, "v3 acks once Kafka has it, before the seq"
+    t0 = time.monotonic()
+    for c in clients:
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 1, 20, "first message")  # type: ignore[misc]
+    print(f"\nv3 first message of a new group delivered after {time.monotonic() - t0:.2f} s")
+    latencies.clear()
+    for i in range(30):
+        assert (await clients[i % 3].send(group=gid, body=f"m{i}"))["ok"]
+        await asyncio.sleep(0.01)
+    for c in clients:
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 31, 10, "31 messages")  # type: ignore[misc]
+    print(f"v3 cross-node push latency (send -> receipt): {summary(latencies)}")
+    reference = [m.msg_id for m in clients[0].messages(conv)]
+    for c in clients:
+        assert [m.msg_id for m in c.messages(conv)] == reference
+        assert [m.seq for m in c.messages(conv)] == list(range(1, 32))
+
+
+async def test_direct_messages_cross_nodes(sut: StageUnderTest) -> None:
+    a, b = await pinned(sut, [0, 2])
+    conv = p.dm_conv(a.user, b.user)
+    for i in range(5):
+        assert (await a.send(to=b.user, body=f"dm {i}"))["ok"]
+    for c in (a, b):
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 5, 15, "dms")  # type: ignore[misc]
+        assert [m.body for m in c.messages(conv)] == [f"dm {i}" for i in range(5)]
+
+
+async def test_order_under_simultaneous_senders_across_nodes(sut: StageUnderTest) -> None:
+    clients = await pinned(sut, [i % SERVERS for i in range(8)])
+    gid = await group_of(clients)
+    conv = p.group_conv(gid)
+
+    async def talk(c: AsyncChatClient) -> None:
+        for i in range(50):
+            ack = await c.send(group=gid, body=f"{c.user}:{i}")
+            assert ack["ok"], ack
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(talk(c) for c in clients))
+    for c in clients:
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 400, 30, "all 400")  # type: ignore[misc]
+    print(f"\nv3 8 senders x 50 on 3 nodes: all 400 everywhere in {time.monotonic() - t0:.2f} s")
+    reference = [m.msg_id for m in clients[0].messages(conv)]
+    assert len(set(reference)) == 400
+    for c in clients:
+        assert [m.seq for m in c.messages(conv)] == list(range(1, 401))
+        assert [m.msg_id for m in c.messages(conv)] == reference
+    for c in clients:
+        mine = [int(m.body.split(":")[1]) for m in clients[0].messages(conv) if m.sender == c.user]
+        assert mine == list(range(50)), "each sender's messages keep their order"
+
+
+async def test_health_and_metrics_report_the_consumer(sut: StageUnderTest) -> None:
+    urls = sut.cluster.endpoints
+    assigned: list[str] = []
+    for url in urls:
+        h = await health(url)
+        assert h["ok"] and h["kafka"]["connected"] and h["relay"]["subscribed"]
+        assert h["consumer"]["running"]
+        assigned += h["consumer"]["assigned"]
+    assert len(assigned) == len(set(assigned)), "each partition has one owner"
+    assert {f"im.dm/{i}" for i in range(8)} <= set(assigned)
+    assert await metric_sum(urls, "imlab_kafka_records_consumed_total") > 0
+    assert await metric_sum(urls, "imlab_kafka_published_total") > 0
+    assert await metric_sum(urls, "imlab_relay_received_total") > 0
+    assert await metric_sum(urls, "imlab_kafka_last_offset") > 0
+
+
+async def test_malformed_kafka_record_is_skipped(sut: StageUnderTest) -> None:
+    urls = sut.cluster.endpoints
+    failed_before = await metric_sum(urls, "imlab_kafka_records_failed_total")
+    producer = AIOKafkaProducer(bootstrap_servers=sut.cluster.kafka_bootstrap)
+    await producer.start()
+    try:
+        for partition in range(8):
+            await producer.send_and_wait("im.dm", b"\xff not json", partition=partition)
+        await producer.send_and_wait("im.dm", b'{"conv": "dm:a:b"}', partition=0)
+    finally:
+        await producer.stop()
+    a, b = await pinned(sut, [1, 2])
+    assert (await a.send(to=b.user, body="still alive"))["ok"]
+    await b.wait_for(lambda: len(b.messages(p.dm_conv(a.user, b.user))) == 1, 15, "delivery")
+
+    async def counted() -> bool:
+        return await metric_sum(urls, "imlab_kafka_records_failed_total") >= failed_before + 9
+
+    await eventually(counted, 10, "9 bad records counted as failed")
+
+
+async def test_killed_server_client_fails_over_and_syncs(sut: StageUnderTest) -> None:
+    a, b, roamer = await pinned(sut, [0, 1, 2])
+    victim = sut.client(user_on(sut, 2), reconnect=False)  # comes back when told to
+    await victim.connect()
+    gid = await group_of([a, b, roamer, victim])
+    conv = p.group_conv(gid)
+    assert (await a.send(group=gid, body="before"))["ok"]
+    for c in (roamer, victim):
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 1, 20, "first message")  # type: ignore[misc]
+
+    t_kill = time.monotonic()
+    sut.cluster.process("server-2").kill()
+    for i in range(20):
+        assert (await (a if i % 2 else b).send(group=gid, body=f"during {i}"))["ok"]
+    await roamer.wait_for(lambda: roamer.connected.is_set(), 10, "automatic reconnect")
+    assert roamer.node in ("server-0", "server-1")
+    await b.wait_for(lambda: len(b.messages(conv)) == 21, 30, "21 messages stored and pushed")
+    stored = time.monotonic() - t_kill
+
+    assert victim.messages(conv)[-1].body == "before", "the victim missed the 20"
+    await victim.connect()  # its home node is dead: the next endpoint takes it
+    assert victim.node in ("server-0", "server-1")
+    redis = Redis.from_url(str(sut.cluster.redis_url))
+    try:
+        for c in (roamer, victim):
+            assert c.node is not None
+            assert (await redis.get(f"im:route:{c.user}")) == c.node.encode()
+            assert (await redis.hget(f"im:gsrv:{gid}", c.user)) == c.node.encode()
+    finally:
+        await redis.aclose()
+    assert victim.received_via["sync"] == 20
+
+    for i in range(5):
+        assert (await a.send(group=gid, body=f"after {i}"))["ok"]
+    for c in (a, b, roamer, victim):
+        await c.wait_for(lambda c=c: len(c.messages(conv)) == 26, 30, "26 messages")  # type: ignore[misc]
+        assert [m.msg_id for m in c.messages(conv)] == [m.msg_id for m in b.messages(conv)]
+        assert [m.seq for m in c.messages(conv)] == list(range(1, 27))
+    assert victim.received_via["push"] == 6
+    print(
+        f"\nv3 server kill: the 20 sent meanwhile were stored and pushed {stored:.2f} s after "
+        f"the kill; roamer on {roamer.node} got {roamer.received_via['sync']} of them by sync"
+    )
+    sut.cluster.process("server-2").start()
+
+
+async def test_dead_broker_gives_unavailable_then_recovers(sut: StageUnderTest) -> None:
+    a, b = await pinned(sut, [0, 1])
+    gid = await group_of([a, b])
+    kafka = sut.cluster.kafka
+    assert kafka is not None
+    kafka.stop()
+    t0 = time.monotonic()
+    ack = await a.send(group=gid, body="into the void")
+    assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+    print(f"\nv3 dead broker: `unavailable` ack after {time.monotonic() - t0:.2f} s")
+    assert (await health(sut.cluster.endpoints[0]))["ok"], "the server keeps serving"
+
+    kafka.start()  # memory-only: every topic and offset is gone
+
+    async def reset_seen() -> bool:
+        return all([(await health(u))["kafka"]["epoch"] >= 2 for u in sut.cluster.endpoints])
+
+    await eventually(reset_seen, 15, "every server to notice the broker restart")
+    conv = p.group_conv(gid)
+    assert (await a.send(group=gid, body="after restart"))["ok"]
+    assert (await b.send(to=a.user, body="dm after restart"))["ok"]
+    await b.wait_for(lambda: len(b.messages(conv)) == 1, 30, "group message after restart")
+    await a.wait_for(lambda: len(a.messages(p.dm_conv(a.user, b.user))) == 1, 30, "dm after")
+    print(f"v3 broker restart: delivering again {time.monotonic() - t0:.2f} s after the stop")

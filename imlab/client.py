@@ -226,7 +226,11 @@ class ClientCore:
         errors.append(f"{url}: {exc}")
 
     def handle_connect_error(self, data: Any) -> None:
-        self.refusal = p.parse_refusal(data)
+        # A server's refusal arrives as a dict ({"message", "data"}); python-socketio
+        # also fires connect_error with a plain string when the node is unreachable,
+        # and that must not count as a refusal (the next endpoint is tried instead).
+        if isinstance(data, dict):
+            self.refusal = p.parse_refusal(data)
 
     # --- requests, as (event, payload) steps the transport runs
 

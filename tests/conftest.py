@@ -28,6 +28,7 @@ os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 STAGE_SPECS: dict[str, dict[str, int]] = {
     "v1": {},
     "v2": {},
+    "v3": {"servers": 3},
 }
 ALL_STAGES = list(STAGE_SPECS)
 HISTORY_STAGES = [s for s in ALL_STAGES if s != "v1"]

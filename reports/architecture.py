@@ -35,7 +35,9 @@ class Edge:
     src: str
     dst: str
     label: str
-    step: int = 0  # position on one message's path; 0 = off it (login, lookups, catch-up)
+    # Position on one message's path (parallel branches share one); 0 = off it (login,
+    # catch-up).
+    step: int = 0
     bend: float = 0.0  # curvature; keeps two arrows between the same boxes apart
     at: float = 0.5  # where along the arrow its label sits (0 at src, 1 at dst)
 
@@ -63,7 +65,7 @@ class Architecture:
 
 V1 = Architecture(
     stage="v1",
-    title="one server, 1:1 chat only",
+    title="one server, one-to-one chat only",
     seed_section="二",
     nodes=(
         Node("a", "client A", "client", 0, 1),
@@ -110,7 +112,7 @@ V3 = Architecture(
     nodes=(
         Node("a", "client A", "client", 0, 2),
         Node("sa", "server A", "server", 1.3, 2, note="Socket.IO + Kafka consumer", many=True),
-        Node("k", "Kafka", "kafka", 2.7, 2, note="a topic per group, one partition"),
+        Node("k", "Kafka", "kafka", 2.7, 2, note="a topic per group (one partition)"),
         Node("p", "Redis pub/sub", "channel", 1.3, 1, note="a channel per server"),
         Node("r", "Redis", "redis", 2.7, 1, note="user → server; groups; messages + seq"),
         Node("b", "client B", "client", 0, 0),
@@ -121,6 +123,7 @@ V3 = Architecture(
         Edge("sa", "k", "publish to the group's topic", step=2, bend=-0.25),
         Edge("k", "sa", "consume the group in order", step=3, bend=-0.25),
         Edge("sa", "r", "store with seq; members' servers", step=4, at=0.62),
+        Edge("sa", "a", "push to members here", step=5, bend=0.35),
         Edge("sa", "p", "{user, message} to B's server", step=5),
         Edge("p", "sb", "hand-off", step=6),
         Edge("sb", "b", "push", step=7),
@@ -144,7 +147,7 @@ V4 = Architecture(
     nodes=(
         Node("a", "client A", "client", 0, 2),
         Node("ga", "gateway A", "gateway", 1.3, 2, note="connections only; token check", many=True),
-        Node("k", "Kafka", "kafka", 2.7, 2, note="a topic per group"),
+        Node("k", "Kafka", "kafka", 2.7, 2, note="a topic per group (one partition)"),
         Node("r", "Redis", "redis", 2.7, 1, note="user → gateway; groups; messages + seq"),
         Node("w", "worker", "worker", 4.1, 1, note="Kafka consumer group", many=True),
         Node("b", "client B", "client", 0, 0),
@@ -157,14 +160,14 @@ V4 = Architecture(
         Edge("ga", "k", "publish to the group's topic (no receipt)", step=3),
         Edge("k", "w", "consume", step=4),
         Edge("w", "r", "members; each one's gateway", step=5),
-        Edge("w", "p", "{gateway, user, message}", step=6),
+        Edge("w", "p", "{gateway, users, message}", step=6),
         Edge("p", "gb", "B's gateway channel", step=7),
         Edge("gb", "b", "push", step=8),
         Edge("gb", "r", "login: user → gateway"),
     ),
     handoff=(
-        "a worker publishes {gateway, user, message} on the Redis pub/sub channel of the "
-        "member's gateway, which pushes it if the user is connected there (at most once)"
+        "a worker publishes {gateway, users, message} on the Redis pub/sub channel of the "
+        "members' gateway, which pushes it to those of them connected there (at most once)"
     ),
     open_problem=(
         "identity is checked but nothing authorizes who may send what; Redis is a single "

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import os
 
+import locust.runners
+
 from loadtest.plan import LoadPlan
 from loadtest.users import ChatUser
 
 __all__ = ["ChatUser"]
+
+# A worker busy with hundreds of connecting users can miss Locust's heartbeats for a few
+# seconds; the master then declares it missing and, when it comes back, moves users
+# between processes (stopping some mid-run). A user is a planned identity, not a
+# replaceable load unit, so the master is told to wait a minute instead of 3 s.
+locust.runners.HEARTBEAT_LIVENESS = 60
 
 if LoadPlan.load(os.environ["IMLAB_LOAD_PLAN"]).shape is not None:
     from loadtest.shapes import StepLoadShape

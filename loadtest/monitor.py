@@ -17,7 +17,8 @@ import psutil  # type: ignore[import-untyped]
 
 # A Locust process runs its users on gevent, one core at most: near that, it is the limit.
 GENERATOR_BUSY_PCT = 90.0
-MACHINE_BUSY_PCT = 90.0
+MACHINE_BUSY_PCT = 80.0
+OTHER_BUSY_PCT = 25.0
 LATE_S = 0.1
 
 
@@ -84,6 +85,12 @@ class CpuSampler:
             return out
         machine = [s.machine for s in window]
         out["machine_pct"] = {"mean": _mean(machine), "max": round(max(machine), 1)}
+        cores = psutil.cpu_count() or 1
+        others = [
+            max(0.0, s.machine * cores - sum(sum(g.values()) for g in s.groups.values()))
+            for s in window
+        ]
+        out["other_processes_pct_mean"] = _mean(others)
         for name in self.groups:
             totals = [sum(s.groups.get(name, {}).values()) for s in window]
             per_pid: dict[int, list[float]] = {}
@@ -181,7 +188,9 @@ def schedule_lag(history_files: Iterable[Path]) -> dict[str, Any]:
 # ---------------------------------------------------------------- verdict
 
 
-def generator_verdict(cpu: dict[str, Any], lag: dict[str, Any]) -> dict[str, Any]:
+def generator_verdict(
+    cpu: dict[str, Any], lag: dict[str, Any], status: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Was the load generator, not the stage, the limit of this run?"""
     gen = cpu.get("load_generator") or {}
     busiest = float(gen.get("busiest_process_pct_mean", 0.0))
@@ -198,7 +207,16 @@ def generator_verdict(cpu: dict[str, Any], lag: dict[str, Any]) -> dict[str, Any
             f"sends fell behind schedule (p99 lag {p99_lag * 1000:.0f} ms) "
             f"while the generator was busy ({busiest:.0f}%)"
         )
+    st = status or {}
+    if st.get("stopped_early") or st.get("surplus"):
+        reasons.append(
+            f"Locust stopped {st.get('stopped_early', 0)} users mid-run and started "
+            f"{st.get('surplus', 0)} beyond the plan: what those users missed is the "
+            "generator's doing, not the stage's"
+        )
     notes: list[str] = []
+    if st.get("connect_failed"):
+        notes.append(f"{st['connect_failed']} users never connected")
     if behind and not reasons:
         notes.append(
             f"sends fell behind schedule (p99 lag {p99_lag * 1000:.0f} ms) with the generator "
@@ -208,7 +226,14 @@ def generator_verdict(cpu: dict[str, Any], lag: dict[str, Any]) -> dict[str, Any
         notes.append(
             f"the machine's cores were {machine:.0f}% busy: generator and stage competed for them"
         )
+    other = float(cpu.get("other_processes_pct_mean", 0.0))
+    if other >= OTHER_BUSY_PCT:
+        notes.append(
+            f"processes outside this run used {other:.0f}% of a core meanwhile: "
+            "the stage and the generator had that much less CPU"
+        )
     return {
+        "other_processes_pct": other,
         "generator_limited": bool(reasons),
         "reasons": reasons,
         "notes": notes,

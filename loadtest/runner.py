@@ -337,6 +337,7 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
             {
                 "load_generator": lambda: process_tree(locust.pid if locust else None),
                 "stage": lambda: [pid for s in cluster.services() for pid in process_tree(s.pid)],
+                "runner": lambda: [os.getpid()],
             }
         ).start()
 
@@ -442,7 +443,7 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
     histories = sorted(run_dir.glob("history*.jsonl"))
     lag = schedule_lag(histories)
     cpu = sampler.summary(send_start, send_end)
-    verdict = generator_verdict(cpu, lag)
+    verdict = generator_verdict(cpu, lag, status)
     faults: list[dict[str, Any]] = live_faults.manifest_faults() if live_faults else []
     for f in fault_plan.items:
         if f.kind in ("kafka-loss", "churn"):
@@ -492,6 +493,7 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
         },
         "stage_cpu": cpu.get("stage"),
         "machine_cpu": cpu.get("machine_pct"),
+        "other_processes_cpu_pct": cpu.get("other_processes_pct_mean"),
         "timing": {k: round(v - times["begin"], 3) for k, v in times.items()},
         "warnings": warnings,
     }
@@ -514,7 +516,8 @@ def _verdict_lines(
         f"  max {lag.get('max_ms', '-')}  (late >100ms: {lag.get('late_fraction', 0):.1%})",
         f"cpu % of a core      generator {gen.get('total_pct_mean', '-')} "
         f"(busiest process {gen.get('busiest_process_pct_mean', '-')})"
-        f"  stage {stage.get('total_pct_mean', '-')}",
+        f"  stage {stage.get('total_pct_mean', '-')}"
+        f"  other processes {cpu.get('other_processes_pct_mean', '-')}",
         "load generator       "
         + (
             "LIMIT: " + "; ".join(verdict["reasons"])

@@ -156,6 +156,8 @@ class WorkerProcess:
             "skipped_offline": 0,
             "late_sends": 0,
             "send_errors": 0,
+            "stopped_early": 0,  # stopped by Locust before the part was played
+            "surplus": 0,  # Locust users beyond the plan (they idle)
         }
         self.lag_max = 0.0  # since the last status write
         self.lag_max_all = 0.0
@@ -302,12 +304,14 @@ class ChatUser(User):
 
     def on_stop(self) -> None:
         if not self.done:
+            self.w.stats["stopped_early"] += 1
             self._finish(final_sync=False)
 
     @task
     def live(self) -> None:
         if self.index >= self.plan.n:
             log.error("more Locust users than planned users; user slot %d idles", self.index)
+            self.w.stats["surplus"] += 1
             self._finish(final_sync=False)
         elif self._first_connect():
             self._play()

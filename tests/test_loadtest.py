@@ -200,6 +200,7 @@ def _assert_complete(run_dir: Path) -> dict[str, Any]:
     status = gen["status"]
     assert status["finished"] == status["started"] == manifest["params"]["users"]
     assert status["final_synced"] == status["ever_connected"] == manifest["params"]["users"]
+    assert status["stopped_early"] == status["surplus"] == 0
     return manifest
 
 

@@ -102,4 +102,3 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(result.summary)
         print(f"run folder: {result.run_dir}")
     return 0
-

@@ -19,6 +19,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     print(markdown_table(report.runs))
     print()
+    for path in report.skipped:
+        print(f"skipped {path}: histories but no manifest.json (an unfinished run?)")
     print(f"report: {report.html}")
     print(f"summary: {report.summary} ({len(report.images)} figures beside it)")
     return 0

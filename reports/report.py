@@ -77,6 +77,7 @@ class Report:
     images: list[Path] = field(default_factory=list)
     runs: list[RunData] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # unfinished run folders
 
 
 def table_rows(runs: Sequence[RunData]) -> list[list[Text]]:
@@ -172,7 +173,7 @@ def _joined(items: list[Text], sep: str = "; ") -> Text:
 def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
     """Read (and where needed check) the run folders, draw every figure into `out`, and
     write `out/index.html` and `out/summary.md`."""
-    runs = load_runs([Path(p) for p in run_dirs])
+    runs, skipped = load_runs([Path(p) for p in run_dirs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items: list[Item] = []
@@ -196,20 +197,32 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
         if parts:
             body.append(html.section(anchor, title, parts))
             nav.append((anchor, title.split(":")[0]))
-    body.append(html.section("runs", "Runs", [_run_detail(r) for r in runs]))
+    details = [_run_detail(r) for r in runs]
+    if skipped:
+        details.append(html.note(Note("runs", _skipped(skipped))))
+    body.append(html.section("runs", "Runs", details))
     nav.append(("runs", "Runs"))
     page = html.document(TITLE, _intro(runs), nav, body)
     html_path = out / "index.html"
     html_path.write_text(page, encoding="utf-8")
 
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(runs, items), encoding="utf-8")
+    summary.write_text(summary_markdown(runs, items, skipped), encoding="utf-8")
     images = [out / i.file for i in items if isinstance(i, Figure)]
-    return Report(out, html_path, summary, images, runs, items)
+    return Report(out, html_path, summary, images, runs, items, skipped)
 
 
-def summary_markdown(runs: Sequence[RunData], items: Sequence[Item]) -> str:
+def _skipped(skipped: Sequence[Path]) -> Text:
+    text: Text = ["Skipped, with histories but no manifest.json (unfinished runs?): "]
+    return text + _joined([[Code(str(p))] for p in skipped], sep=", ")
+
+
+def summary_markdown(
+    runs: Sequence[RunData], items: Sequence[Item], skipped: Sequence[Path]
+) -> str:
     lines = [f"# {TITLE}", "", plain(_intro(runs)), "", "## Main table", "", markdown_table(runs)]
+    if skipped:
+        lines += ["", plain(_skipped(skipped), code="`")]
     for anchor, title in SECTIONS:
         mine = [i for i in items if i.section == anchor]
         if not mine:

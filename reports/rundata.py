@@ -125,25 +125,32 @@ class RunData:
 # ---------------------------------------------------------------- loading
 
 
-def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
-    """Run folders among `paths`: a folder with a manifest or histories is one; any other
-    folder is searched one level down (so `runs/` works)."""
+def find_run_dirs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """(run folders, skipped folders) among `paths`.
+
+    A folder given with a manifest or histories is a run. Any other folder is searched
+    one level down (so `runs/` works), where only folders with a manifest count: one
+    with histories alone is an unfinished run, skipped and reported.
+    """
     out: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: not a folder")
-        if _is_run(p):
+        if (p / MANIFEST).exists() or _has_history(p):
             out.append(p)
             continue
-        found = sorted(c for c in p.iterdir() if c.is_dir() and _is_run(c))
+        below = sorted(c for c in p.iterdir() if c.is_dir())
+        found = [c for c in below if (c / MANIFEST).exists()]
         if not found:
-            raise FileNotFoundError(f"{p}: no manifest.json or history*.jsonl here or below")
+            raise FileNotFoundError(f"{p}: no run folder (with a manifest.json) here or below")
         out.extend(found)
-    return out
+        skipped.extend(c for c in below if c not in found and _has_history(c))
+    return out, skipped
 
 
-def _is_run(p: Path) -> bool:
-    return (p / MANIFEST).exists() or any(p.glob("history*.jsonl"))
+def _has_history(p: Path) -> bool:
+    return any(p.glob("history*.jsonl"))
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:
@@ -164,11 +171,13 @@ def push_latencies_ms(run_dir: Path) -> FloatArray:
     return np.sort(np.asarray(deliveries.push_lat, dtype=np.float64) * 1000.0)
 
 
-def load_runs(run_dirs: Sequence[Path]) -> list[RunData]:
-    """Every run folder's data, sorted by scenario, stage, fault and kind; ids unique."""
+def load_runs(paths: Sequence[Path]) -> tuple[list[RunData], list[Path]]:
+    """Every run's data, sorted by scenario, stage, fault and kind (ids unique), and the
+    folders skipped as unfinished runs."""
+    run_dirs, skipped = find_run_dirs(paths)
     runs: list[RunData] = []
     seen: set[str] = set()
-    for path in find_run_dirs(run_dirs):
+    for path in run_dirs:
         rid = path.name
         n = 1
         while rid in seen:
@@ -182,4 +191,4 @@ def load_runs(run_dirs: Sequence[Path]) -> list[RunData]:
             run.latencies_ms = sample
         runs.append(run)
     runs.sort(key=lambda r: r.sort_key)
-    return runs
+    return runs, skipped

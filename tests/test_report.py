@@ -455,6 +455,17 @@ def test_missing_data_is_said(tmp_path: Path) -> None:
     assert "Each stage ran at one load only" in summary
 
 
+def test_unfinished_runs_are_skipped_and_named(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", "done", stage="v2", users=4, rate=1.0, duration=4.0)
+    aborted = tmp_path / "runs" / "aborted"
+    aborted.mkdir()
+    (aborted / "history-setup.jsonl").write_text('{"t": 1.0, "ev": "connect", "user": "a"}\n')
+    report = build_report([tmp_path / "runs"], tmp_path / "out")
+    assert [r.rid for r in report.runs] == ["done"]
+    assert report.skipped == [aborted]
+    assert f"`{aborted}`" in report.summary.read_text(encoding="utf-8")
+
+
 def test_runs_without_metrics_are_checked_first(tmp_path: Path) -> None:
     run = make_run(tmp_path / "runs", "fresh", stage="v2", users=4, rate=1.0, duration=4.0)
     assert not (run / "metrics.json").exists()

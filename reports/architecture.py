@@ -1,5 +1,5 @@
 """What each stage is made of, as data: its processes and stores (nodes) and what flows
-between them (edges), numbered along the path of one group message.
+between them (edges), numbered along the path of one message.
 
 This is the one description of the stages' architecture: the report draws it
 (`reports.diagrams`), `markdown()` writes it as text for the stages' STEP.md files,
@@ -146,12 +146,12 @@ V4 = Architecture(
     seed_section="五",
     nodes=(
         Node("a", "client A", "client", 0, 2),
-        Node("ga", "gateway A", "gateway", 1.3, 2, note="connections only; token check", many=True),
+        Node("ga", "gateway A", "gateway", 1.3, 2, note="connections; token check", many=True),
         Node("k", "Kafka", "kafka", 2.7, 2, note="a topic per group (one partition)"),
         Node("r", "Redis", "redis", 2.7, 1, note="user → gateway; groups; messages + seq"),
         Node("w", "worker", "worker", 4.1, 1, note="Kafka consumer group", many=True),
         Node("b", "client B", "client", 0, 0),
-        Node("gb", "gateway B", "gateway", 1.3, 0, note="pushes what workers hand it", many=True),
+        Node("gb", "gateway B", "gateway", 1.3, 0, note="pushes what workers send", many=True),
         Node("p", "Redis pub/sub", "channel", 2.7, 0, note="a channel per gateway"),
     ),
     edges=(
@@ -186,7 +186,7 @@ def markdown(arch: Architecture) -> str:
         many = " (one of several)" if n.many else ""
         note = f": {n.note}" if n.note else ""
         lines.append(f"- {n.label}{many}{note}")
-    lines += ["", "One group message:"]
+    lines += ["", "One message, step by step:"]
     names = {n.id: n.label for n in arch.nodes}
     for e in arch.path():
         lines.append(f"{e.step}. {names[e.src]} → {names[e.dst]}: {e.label}")

@@ -1,6 +1,6 @@
 """Architecture diagrams drawn with matplotlib from the stage descriptions in
 `reports.architecture`: boxes for processes and stores, numbered arrows for the path
-of one group message, dashed arrows for what happens off that path."""
+of one message, dashed arrows for what happens off that path."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def draw(arch: Architecture, path: Path) -> Path:
     ax.set_title(
         f"{arch.stage}: {arch.title}", color=stage_color(arch.stage), fontsize=12, loc="left"
     )
-    key = "numbered: the path of one group message"
+    key = "numbered: the path of one message"
     if any(not e.step for e in arch.edges):
         key += "   ·   dashed: off that path"
     if any(n.many for n in arch.nodes):

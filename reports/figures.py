@@ -699,6 +699,8 @@ def _series_caption(rs: list[RunData]) -> Text:
             else:
                 text += ["; no message sent in the window lost a delivery"]
         text.append(". ")
+        if len(r.windows()) > 1:
+            text.append("Its later fault windows are shaded too; the Runs section lists them. ")
         p99 = s.get("latency_p99_ms") or []
         after = [k for k in range(win[0] if win else 0, len(p99)) if p99[k] is not None]
         if after:

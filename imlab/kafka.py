@@ -72,8 +72,11 @@ class KafkaLink:
         base_topics: dict[str, int],
         metrics: Metrics,
         client_id: str,
+        *,
+        produce: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
+        self.produce = produce  # False: topics and the watchdog only (a consumer-only process)
         self.base_topics = dict(base_topics)
         self.metrics = metrics
         self.client_id = client_id
@@ -83,6 +86,7 @@ class KafkaLink:
         self._admin: AIOKafkaAdminClient | None = None
         self._producer: AIOKafkaProducer | None = None
         self._ensured: set[str] = set()
+        self._ready = False  # base topics, producer and sentinel are in place
         self._watchdog: asyncio.Task[None] | None = None
         self._reset_lock = asyncio.Lock()
         # Per process: a shared one, re-created by the first process to notice a broker
@@ -170,7 +174,7 @@ class KafkaLink:
                 raise
             self._admin = admin
         topics = await self._admin.list_topics()
-        if self._producer is None:
+        if not self._ready:
             await self._reset("connecting")
         elif self.sentinel not in topics:
             await self._reset("sentinel topic missing: the broker lost its state")
@@ -183,7 +187,9 @@ class KafkaLink:
 
     async def _reset(self, reason: str) -> None:
         async with self._reset_lock:
-            log.warning("kafka %s: %s; re-creating topics and producer", self.bootstrap, reason)
+            level = logging.INFO if self.epoch == 0 else logging.WARNING
+            log.log(level, "kafka %s: %s; (re)creating topics and producer", self.bootstrap, reason)
+            self._ready = False
             self._ensured.clear()
             old, self._producer = self._producer, None
             if old is not None:
@@ -191,15 +197,17 @@ class KafkaLink:
                     await old.stop()
             for name, partitions in self.base_topics.items():
                 await self.ensure_topic(name, partitions)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                client_id=f"{self.client_id}-producer",
-                **PRODUCER_SETTINGS,
-            )
-            await producer.start()
-            self._producer = producer
+            if self.produce:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id=f"{self.client_id}-producer",
+                    **PRODUCER_SETTINGS,
+                )
+                await producer.start()
+                self._producer = producer
             # Last: once the sentinel exists, the next check trusts everything above.
             await self.ensure_topic(self.sentinel, 1)
+            self._ready = True
             self.epoch += 1
             self.metrics.inc("kafka_resets")
 

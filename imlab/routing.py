@@ -90,12 +90,13 @@ class Relay:
         self.metrics = metrics
         self.subscribed = False
         self._task: asyncio.Task[None] | None = None
-        metrics.gauge("relay_subscribed", lambda: float(self.subscribed), "own channel live")
 
     def health(self) -> dict[str, Any]:
         return {"channel": channel(self.node), "subscribed": self.subscribed}
 
     def start(self) -> None:
+        """Subscribe to this node's channel (a process that only publishes never starts)."""
+        self.metrics.gauge("relay_subscribed", lambda: float(self.subscribed), "own channel live")
         self._task = asyncio.create_task(self._listen(), name=f"relay-{self.node}")
 
     async def stop(self) -> None:

@@ -1,0 +1,138 @@
+"""Stage v4 consumer worker (seed section 五, "when a player speaks", step 3): the
+message processing, taken out of the connection-holding process.
+
+Workers share one consumer group over the message topics. For each stored
+message a worker reads from Kafka it looks up the conversation's members in
+Redis and each member's gateway, and hands `{gateway, users, message}` to that
+gateway's Redis pub/sub channel. It holds no client connections; it answers
+`/healthz` and `/metrics` on its own port.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
+
+from imlab import protocol as p
+from imlab.kafka import ConsumerLoop, KafkaLink
+from imlab.metrics import Metrics
+from imlab.protocol import Message
+from imlab.routing import Relay, Routes, by_node
+from imlab.server import StageServer, base_parser, run_app
+from imlab.store import MessageStore
+from versions.v4 import topics
+
+
+class UnknownGroup(ValueError):
+    """A record names a group that does not exist: a bad record, skipped."""
+
+
+class Worker:
+    stage = "v4"
+
+    def __init__(
+        self,
+        node: str,
+        redis_url: str,
+        kafka_bootstrap: str,
+        *,
+        group_topics: str = "per-group",
+        consumer_group: str = "imlab-v4-workers",
+    ) -> None:
+        self.node = node
+        self.metrics = Metrics("imlab", {"stage": self.stage, "node": node})
+        self.redis: Redis = Redis.from_url(
+            redis_url, max_connections=256, socket_timeout=5, socket_connect_timeout=2
+        )
+        self.store = MessageStore(self.redis)
+        self.routes = Routes(self.redis, node)
+        self.link = KafkaLink(
+            kafka_bootstrap,
+            topics.base_topics(group_topics),
+            self.metrics,
+            client_id=node,
+            produce=False,
+        )
+        self.consumer = ConsumerLoop(
+            self.link,
+            consumer_group,
+            topics.PATTERN,
+            self.process,
+            self.metrics,
+            retry_errors=StageServer.unavailable_errors,
+            client_id=node,
+        )
+        self.relay = Relay(self.redis, node, self._no_inbound, self.metrics)
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.on_startup.append(self._startup)
+        self.app.on_cleanup.append(self._cleanup)
+
+    async def process(self, rec: ConsumerRecord[bytes, bytes]) -> None:
+        """Route one stored message to the gateways of its conversation's members."""
+        msg = Message.from_dict(json.loads(rec.value))
+        if msg.seq is None:
+            raise ValueError("a v4 record carries the seq the gateway stored it with")
+        conv = p.parse_conv(msg.conv)
+        if conv.kind == "dm":
+            members: list[str] = list(conv.members)
+        else:
+            found = await self.store.group_members(conv.group_id)
+            if found is None:
+                raise UnknownGroup(f"no group {conv.group_id}")
+            members = found
+        targets = by_node(await self.routes.lookup(members))
+        await self.relay.send(targets, p.MESSAGE, msg.to_dict())
+        self.metrics.inc("messages_routed")
+        self.metrics.inc("deliveries_routed", sum(len(users) for users in targets.values()))
+
+    async def _no_inbound(self, users: list[str], event: str, data: dict[str, Any]) -> int:
+        return 0  # a worker only publishes; it never subscribes to a channel
+
+    async def _startup(self, app: web.Application) -> None:
+        await self.link.start()
+        self.consumer.start()
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self.consumer.stop()
+        await self.link.stop()
+        await self.redis.aclose()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = {
+            "stage": self.stage,
+            "node": self.node,
+            "ok": True,
+            "kafka": self.link.health(),
+            "consumer": self.consumer.health(),
+        }
+        return web.json_response(body)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser("imlab stage v4 worker: Kafka -> members' gateways")
+    parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
+    parser.add_argument("--kafka-bootstrap", required=True, help="HOST:PORT of any Kafka broker")
+    parser.add_argument("--group-topics", choices=topics.CHOICES, default="per-group")
+    parser.add_argument("--consumer-group", default="imlab-v4-workers")
+    args = parser.parse_args(argv)
+    worker = Worker(
+        args.node or f"worker-{args.port}",
+        args.redis_url,
+        args.kafka_bootstrap,
+        group_topics=args.group_topics,
+        consumer_group=args.consumer_group,
+    )
+    run_app(worker.app, args.host, args.port, args.log_level)
+
+
+if __name__ == "__main__":
+    main()

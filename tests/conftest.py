@@ -29,6 +29,7 @@ STAGE_SPECS: dict[str, dict[str, int]] = {
     "v1": {},
     "v2": {},
     "v3": {"servers": 3},
+    "v4": {"servers": 2, "workers": 2},
 }
 ALL_STAGES = list(STAGE_SPECS)
 HISTORY_STAGES = [s for s in ALL_STAGES if s != "v1"]

@@ -177,15 +177,16 @@ class History:
         *,
         after_seq: int,
         latest_seq: int | None,
-        count: int,
+        n: int,
         ok: bool = True,
         err: str | None = None,
         node: str | None = None,
         **extra: Any,
     ) -> None:
-        """A sync request finished: `count` messages after `after_seq`, up to `latest_seq`."""
+        """A sync page arrived: `n` messages after `after_seq`, the latest being `latest_seq`
+        (the keys `imlab.client` records)."""
         rec: Record = {"t": self.epoch(t), "ev": "sync", "user": user, "conv": conv}
-        rec.update(seq=latest_seq, after_seq=after_seq, count=count)
+        rec.update(after_seq=after_seq, n=n, latest_seq=latest_seq)
         self._write(rec, ok=ok, err=err, node=node, **extra)
 
     def group(

@@ -139,7 +139,12 @@ class Topic(Generic[V]):
 
     def publish(self, key: str, value: V) -> Process:
         """Send one record; the process ends with a `PublishResult` at the producer."""
-        return self.broker.env.process(self.broker._publish(self.partition_for(key), key, value))
+        return self.broker.env.process(self.publish_steps(key, value))
+
+    def publish_steps(self, key: str, value: V) -> Generator[Event, Any, PublishResult]:
+        """`publish` as steps to `yield from` inside the producer's own process (no
+        process of its own: what a model with millions of publishes needs)."""
+        return self.broker._publish(self.partition_for(key), key, value)
 
     def end_offsets(self) -> list[int]:
         return [p.end_offset for p in self.partitions]
@@ -405,8 +410,13 @@ class ConsumerGroup:
 
     def subscribe(self, topic: Topic[Any]) -> None:
         """Add a topic's partitions (e.g. a group's topic created during the run)."""
-        for p in topic.partitions:
-            self.owner.setdefault(p, None)
+        self.subscribe_all([topic])
+
+    def subscribe_all(self, topics: Iterable[Topic[Any]]) -> None:
+        """Add many topics' partitions with one assignment round (a topic per group)."""
+        for topic in topics:
+            for p in topic.partitions:
+                self.owner.setdefault(p, None)
         self._assign()
 
     def join(self, consumer: Consumer[Any]) -> None:

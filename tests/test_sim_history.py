@@ -19,7 +19,7 @@ def test_records_carry_the_design_keys_and_epoch_times() -> None:
     h.recv(2.0, "b", "dm:a:b", "m0", sender="a", seq=2, via="sync")
     h.connect(0.1, "b", node="server-0")
     h.disconnect(3.0, "b")
-    h.sync(2.0, "b", "dm:a:b", after_seq=1, latest_seq=3, count=2)
+    h.sync(2.0, "b", "dm:a:b", after_seq=1, latest_seq=3, n=2)
     h.group(0.2, "a", "g1", ["a", "b"])
     h.fault("redis-outage", "redis", 5.0, 7.0)
     h.emit(9.0, "note", user="a", detail=None, reason="x")
@@ -37,7 +37,7 @@ def test_records_carry_the_design_keys_and_epoch_times() -> None:
         {"t": 1000.1, "ev": "connect", "user": "b", "ok": True, "node": "server-0"},
         {"t": 1003.0, "ev": "disconnect", "user": "b"},
         {"t": 1002.0, "ev": "sync", "user": "b", "conv": "dm:a:b"}
-        | {"seq": 3, "after_seq": 1, "count": 2, "ok": True},
+        | {"after_seq": 1, "n": 2, "latest_seq": 3, "ok": True},
         {"t": 1000.2, "ev": "group", "user": "a", "conv": "group:g1", "members": ["a", "b"]},
         {"t": 1005.0, "ev": "fault", "kind": "redis-outage", "target": "redis"}
         | {"start": 1005.0, "end": 1007.0},

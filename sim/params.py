@@ -1,0 +1,134 @@
+"""The numbers a stage model runs on: service times, network delays and client timings,
+as a JSON parameter file that `imlab calibrate` writes and `imlab sim --params` reads.
+
+Every duration is a distribution given by its mean and coefficient of variation
+(log-normal, or constant when cv is 0), in seconds. The built-in defaults were
+derived with `imlab calibrate` from real v2 runs on this 2-core machine (see
+docs/RESULTS.md); the Kafka and worker figures, which no v2 run can show, come
+from the measurements in FACTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sim.core import Deterministic, Distribution, LogNormal
+
+__all__ = ["DEFAULTS", "Dist", "Params", "load_params"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dist:
+    """A non-negative duration: log-normal with this mean and cv, or constant when cv is 0."""
+
+    mean: float
+    cv: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mean < 0 or self.cv < 0:
+            raise ValueError("a duration needs mean >= 0 and cv >= 0")
+
+    def distribution(self) -> Distribution:
+        if self.cv == 0 or self.mean == 0:
+            return Deterministic(self.mean)
+        return LogNormal.from_mean_cv(self.mean, self.cv)
+
+    def scaled(self, factor: float) -> Dist:
+        return Dist(self.mean * factor, self.cv)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything a stage model needs besides the scenario and the faults."""
+
+    # Clients: how late a send leaves after its scheduled time, and the one-way delay
+    # between a client's application and a server's handler (network and both
+    # Socket.IO stacks).
+    client_send_lag: Dist = Dist(0.0007, 0.6)
+    client_link: Dist = Dist(0.0009, 0.4)
+    # A server's or gateway's event loop (CPU per unit of work).
+    node_request: Dist = Dist(0.0005, 0.5)
+    """parse, dispatch and ack one request (send, latest, sync, hello)"""
+    node_push: Dist = Dist(0.0001, 0.3)
+    """emit one message to one connection"""
+    node_connect: Dist = Dist(0.001, 0.5)
+    """accept a connection and log it in"""
+    node_sync_message: Dist = Dist(0.00002, 0.0)
+    """encode one message of a sync page"""
+    node_relay: Dist = Dist(0.0002, 0.5)
+    """decode one relayed envelope (v3 server-to-server, v4 worker-to-gateway)"""
+    token_verify: Dist = Dist(0.00015, 0.3)
+    """v4: check one signed token at connect"""
+    # Redis: one single-threaded server.
+    redis_link: Dist = Dist(0.00005, 0.3)
+    redis_op: Dist = Dist(0.00004, 0.5)
+    redis_timeout: float = 5.0
+    """the servers' redis-py socket_timeout: a call with no answer fails after this"""
+    # Kafka (FACTS.md: fetch_max_wait 10 ms gives p50 3-5 ms end to end).
+    kafka_link: Dist = Dist(0.0008, 0.5)
+    kafka_fetch_wait: float = 0.010
+    kafka_request_timeout: float = 3.0
+    kafka_session_timeout: float = 5.5
+    kafka_stale_window: float = 1.0
+    """after a broker restart, publishes are acked and lost until the link's watchdog
+    (one check a second) notices and re-creates the topics"""
+    kafka_max_records: int = 500
+    # A v3 server's or v4 worker's consumer: CPU to decode and handle one record.
+    worker_record: Dist = Dist(0.0003, 0.5)
+    # The load generator, when a run of this machine is reproduced (0: every simulated
+    # client is its own device, as in a scale run).
+    loadgen_processes: int = 0
+    loadgen_event: Dist = Dist(0.00025, 0.5)
+    """CPU of one Locust process per client event (a send and its ack, or a receipt)"""
+    # The client SDK and the load tool's user (imlab/client.py, loadtest/users.py).
+    call_timeout: float = 10.0
+    gap_sync_delay: float = 0.5
+    reconnect_min: float = 0.2
+    reconnect_max: float = 2.0
+    sync_page: int = 200
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+    """where these numbers came from (calibration runs, fitted values)"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Params:
+        """Read a parameter file's dict; unknown keys are refused, missing ones default."""
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown parameters: {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(getattr(DEFAULTS, key), Dist):
+                if isinstance(value, int | float):
+                    value = {"mean": float(value)}
+                values[key] = Dist(float(value["mean"]), float(value.get("cv", 0.0)))
+            else:
+                values[key] = value
+        return replace(DEFAULTS, **values)
+
+    def save(self, path: Path | str) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+    def with_(self, **changes: Any) -> Params:
+        return replace(self, **changes)
+
+
+DEFAULTS = Params(
+    source={
+        "how": "imlab calibrate on real v2 runs (group and dm) on this machine; Kafka and "
+        "worker figures from FACTS.md",
+    }
+)
+
+
+def load_params(path: Path | str | None) -> Params:
+    """The parameter file at `path`, or the built-in defaults when None."""
+    if path is None:
+        return DEFAULTS
+    return Params.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,121 @@
+"""The routing both distributed stages share, as `imlab/routing.py` is shared by the
+real v3 and v4: `user -> node` routes in Redis and a per-node Redis pub/sub relay.
+
+Routes are written at login and cleared at logout only while they still name the
+node (a login elsewhere wins); a crashed node never clears its routes. The relay is
+at most once: an envelope published to a node that is down reaches nobody. Both
+are modelled with their Redis round trips; a relayed envelope reaches the node
+when Redis has executed the PUBLISH, costs the node's loop a decode, then a push.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sim.kafka import Consumer
+from sim.stage import Msg, Node, StageModel, Steps, User
+
+
+class RoutingModel(StageModel):
+    """A stage with routes, a relay and Kafka consumers on some of its processes."""
+
+    uses_redis = True
+    uses_kafka = True
+
+    def setup(self) -> None:
+        self.routes: dict[int, Node] = {}
+        broker, group = self.broker, self.group
+        assert broker is not None and group is not None
+        dm = broker.topic(self.dm_topic, self.dm_partitions)
+        topics = [dm]
+        for conv in self.convs:
+            if conv.gid is None:
+                conv.topic = dm
+            else:
+                conv.topic = broker.topic(f"im.group.{conv.gid}", 1)
+                topics.append(conv.topic)
+        for node in self.consumer_nodes():
+            node.consumer = Consumer(
+                broker,
+                node.name,
+                self.rng,
+                fetch_wait=self.p.kafka_fetch_wait,
+                max_records=self.p.kafka_max_records,
+            )
+            group.join(node.consumer)
+        group.subscribe_all(topics)
+        for node in self.consumer_nodes():
+            self.env.process(self.consumer_loop(node, self.process))
+
+    dm_topic = "im.dm"
+    dm_partitions = 8
+
+    def consumer_nodes(self) -> list[Node]:
+        """The processes that run a consumer (v3: every server; v4: the workers)."""
+        raise NotImplementedError
+
+    def process(self, node: Node, msg: Msg) -> Steps:
+        """Handle one record taken from Kafka."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def on_node_crash(self, node: Node) -> None:
+        if node.consumer is not None and self.group is not None:
+            self.group.fail(node.consumer)
+
+    # ------------------------------------------------------------ routes
+
+    def login(self, node: Node, user: User) -> Steps:
+        def record() -> None:
+            self.routes[user.idx] = node
+
+        yield from self.redis_call(record)
+
+    def logout(self, node: Node, user: User) -> Steps:
+        def clear_if_mine() -> None:
+            if self.routes.get(user.idx) is node:
+                del self.routes[user.idx]
+
+        yield from self.redis_call(clear_if_mine)
+
+    def lookup(self, members: Iterable[int]) -> Steps:
+        """Each member's node as Redis has it now (MGET of the routes, or v3's group record)."""
+        routes = self.routes
+        found = yield from self.redis_call(lambda: [(m, routes.get(m)) for m in members])
+        return found
+
+    # ------------------------------------------------------------ delivery
+
+    def deliver(self, node: Node | None, found: list[tuple[int, Node | None]], msg: Msg) -> Steps:
+        """Push to members connected to `node` itself, relay to the other nodes."""
+        targets: dict[Node, list[int]] = {}
+        for user, where in found:
+            if where is not None:
+                targets.setdefault(where, []).append(user)
+        mine = targets.pop(node, None) if node is not None else None
+        if mine:
+            yield from self.push(node, mine, msg)  # type: ignore[arg-type]
+        if targets:
+            yield from self.relay(targets, msg)
+
+    def relay(self, targets: dict[Node, list[int]], msg: Msg) -> Steps:
+        """`Relay.send`: one PUBLISH per node, in one pipeline."""
+
+        def publish() -> None:
+            arrive = self.redis_done + self.redis_link
+            for target, users in targets.items():
+                if target.alive:
+                    self.env.process(self._relayed(target, users, msg, arrive))
+                else:
+                    self.counts.inc("relay_no_listener")
+
+        yield from self.redis_call(publish, ops=len(targets))
+
+    def _relayed(self, node: Node, users: list[int], msg: Msg, arrive: float) -> Steps:
+        env = self.env
+        yield env.timeout(max(0.0, arrive - env.now))
+        if not node.alive:
+            self.counts.inc("relay_no_listener")
+            return
+        yield from self.cpu(node, self.d_relay())
+        yield from self.push(node, users, msg)

@@ -1,0 +1,449 @@
+"""`imlab sim`: one simulated run from options to a judged run folder.
+
+Builds the scenario and the stage model, runs it with progress on the terminal,
+writes the run folder the way `imlab load` does (manifest, history, metrics.json
+from the same checker) and adds what only a simulation knows: exact counts for
+every user, the wall time and the simulator's speed.
+
+Large runs are traced, not recorded whole: every message of every user goes
+through the model, but only the conversations in the trace (all of them when the
+run is small) are written to the history, complete (every member's sends, acks,
+receipts, syncs, connects). The checker's figures in metrics.json are therefore
+exact for the traced conversations; `metrics.json["sim"]["population"]` holds the
+model's exact counts for all users (sends, acks by error, deliveries by push and
+sync, lost) and population latency percentiles from a 1%-wide histogram.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from sim.faults import FaultPlan, parse_faults
+from sim.history import History, JsonlRecorder, RunWriter
+from sim.params import Params, load_params
+from sim.scenario import ChurnSpec, SimScenario, build_scenario
+from sim.stage import OK, StageModel
+
+__all__ = ["MODELS", "SimOptions", "SimResult", "model_class", "run_sim", "trace_plan"]
+
+MODELS = ("v1", "v2", "v3", "v4")
+TRACE_EVENTS = 1_500_000
+"""Default budget of history events: about 15 s of checker time (it reads ~120k events/s)."""
+
+
+def model_class(stage: str) -> type[StageModel]:
+    if stage == "v1":
+        from sim.v1 import V1
+
+        return V1
+    if stage == "v2":
+        from sim.v2 import V2
+
+        return V2
+    if stage == "v3":
+        from sim.v3 import V3
+
+        return V3
+    if stage == "v4":
+        from sim.v4 import V4
+
+        return V4
+    raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(MODELS)}")
+
+
+@dataclass
+class SimOptions:
+    """What `imlab sim` takes; the scenario options mean what they mean for `imlab load`."""
+
+    stage: str
+    scenario: str = "group"
+    users: int = 40
+    rate: float = 1.0
+    duration: float = 30.0
+    group_size: int = 8
+    churn: float | None = None
+    churn_online: float = 2.0
+    churn_offline: float = 1.0
+    churn_silent: float = 0.5
+    faults: str = ""
+    seed: int = 1
+    servers: int | None = None  # v3 servers (default 3)
+    gateways: int | None = None  # v4 gateways (default 2)
+    workers: int = 2  # v4 workers
+    params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
+    trace: str = "auto"  # auto | all | number of conversations
+    trace_events: int = TRACE_EVENTS
+    max_drain: float = 30.0
+    settle: float = 1.5
+    run_dir: Path | None = None
+    runs_root: Path | None = None
+    check: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class SimResult:
+    run_dir: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    summary: str
+
+
+def node_counts(opts: SimOptions) -> tuple[int, int]:
+    """(client-facing nodes, workers) as `imlab load` would start them."""
+    if opts.stage == "v3":
+        return opts.servers or 3, 0
+    if opts.stage == "v4":
+        return opts.gateways or opts.servers or 2, opts.workers
+    return 1, 0
+
+
+def trace_plan(sc: SimScenario, spec: str, budget: int, seed: int) -> list[int]:
+    """The conversations whose histories are written: all, a number, or (auto) as many
+    as fit the event budget, chosen at random (seeded) and closed over shared members."""
+    n = len(sc.convs)
+    if spec == "all":
+        k = n
+    elif spec == "auto":
+        per_conv = sum(len(c.members) * (len(c.members) + 2) for c in sc.convs) / max(1, n)
+        per_conv *= sc.rate * sc.duration
+        k = n if per_conv * n <= budget else max(1, int(budget // max(per_conv, 1.0)))
+    else:
+        try:
+            k = int(spec)
+        except ValueError:
+            raise ValueError(f"--trace takes auto, all or a number, not {spec!r}") from None
+        k = max(0, min(n, k))
+    if k >= n:
+        return list(range(n))
+    order = list(range(n))
+    random.Random(f"{seed}:trace").shuffle(order)
+    chosen = set(order[:k])
+    while True:  # a traced member's other conversations are traced too (dm user 0)
+        extra = {ci for c in list(chosen) for u in sc.convs[c].members for ci in sc.user_convs[u]}
+        if extra <= chosen:
+            return sorted(chosen)
+        chosen |= extra
+
+
+class _Progress:
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self.began = time.perf_counter()
+        self._last = 0.0
+
+    def __call__(self, model: StageModel) -> None:
+        if self.quiet:
+            return
+        wall = time.perf_counter() - self.began
+        if wall - self._last < (1.0 if self.tty else 10.0):
+            return
+        self._last = wall
+        c = model.counts.c
+        now = model.env.now
+        line = (
+            f"[sim {now:7.1f}s of {model.send_end:.0f}s+drain | wall {wall:6.1f}s | "
+            f"x{now / wall if wall else 0:5.1f} real time] sends {c.get('sends', 0):,} "
+            f"ok {c.get('acked_ok', 0):,} err {c.get('acked_error', 0):,} "
+            f"recv {c.get('deliveries_push', 0) + c.get('deliveries_sync', 0):,} "
+            f"rss {_rss_mb():,.0f}MB"
+        )
+        if self.tty:
+            print("\r" + line.ljust(118)[:118], end="", file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            if self.tty:
+                print(file=self.out)
+            print(text, file=self.out, flush=True)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_model(
+    opts: SimOptions, params: Params, plan: FaultPlan, history: History | None
+) -> tuple[StageModel, SimScenario, list[int]]:
+    cls = model_class(opts.stage)
+    churn = opts.churn
+    if churn is None:
+        churn = plan.churn or (1.0 if opts.scenario == "churn" else 0.0)
+    sc = build_scenario(
+        opts.scenario,
+        opts.users,
+        rate=opts.rate,
+        duration=opts.duration,
+        group_size=opts.group_size,
+        churn=ChurnSpec(churn, opts.churn_online, opts.churn_offline, opts.churn_silent),
+        seed=opts.seed,
+        features=set(cls.features),
+    )
+    if params.loadgen_processes > 0:
+        traced = list(range(len(sc.convs)))  # a reproduced real run: everybody is traced
+    else:
+        traced = trace_plan(sc, opts.trace, opts.trace_events, opts.seed)
+    nodes, workers = node_counts(opts)
+    model = cls(
+        sc,
+        params,
+        plan,
+        nodes=nodes,
+        workers=workers,
+        traced=traced,
+        history=history,
+        seed=opts.seed,
+        max_drain=opts.max_drain,
+        settle=opts.settle,
+    )
+    return model, sc, traced
+
+
+def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
+    """Carry out one simulated run and judge it (PlanError/ValueError when it cannot run)."""
+    from imlab.cli import new_run_dir
+    from reports.checker import check, summary_table
+
+    out = out or sys.stdout
+    say = _Progress(out, opts.quiet)
+    plan = parse_faults(opts.faults)
+    params = load_params(opts.params)
+    run_dir = opts.run_dir or new_run_dir("sim", opts.stage, opts.runs_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorder = JsonlRecorder(run_dir / "history.jsonl")
+    writer = RunWriter(
+        run_dir, stage=opts.stage, scenario=opts.scenario, seed=opts.seed, recorder=recorder
+    )
+    try:
+        model, sc, traced = build_model(opts, params, plan, writer.history)
+    except BaseException:
+        writer.history.close()
+        raise
+    traced_users = sorted({u for c in traced for u in sc.convs[c].members})
+    say.say(
+        f"simulating {opts.stage} / {opts.scenario}: {opts.users:,} users × {opts.rate:g}/s "
+        f"for {opts.duration:g}s, {len(model.nodes)} node(s), {len(model.workers)} worker(s), "
+        f"faults {plan.spec() or 'none'}; tracing {len(traced):,} of {len(sc.convs):,} "
+        f"conversations ({len(traced_users):,} users) into {run_dir}"
+    )
+    began = time.perf_counter()
+    model.run(progress=say)
+    sim_wall = time.perf_counter() - began
+    events = next(model.env._eid)  # SimPy's count of scheduled events (its event ids)
+    drain_end = model.drain_end or model.env.now
+    population = population_figures(model)
+    offered = sc.offered_sends_per_s()
+    params_out: dict[str, Any] = {
+        "users": opts.users,
+        "rate": opts.rate,
+        "duration": opts.duration,
+        "group_size": opts.group_size if sc.uses_groups else None,
+        "churn": asdict(sc.churn),
+        "seed": opts.seed,
+        "faults": opts.faults,
+        "max_drain": opts.max_drain,
+        "settle": opts.settle,
+        "offered_sends_per_s": offered,
+        "offered_deliveries_per_s": offered * sc.expected_fanout(),
+        "nodes": len(model.nodes),
+        "workers": len(model.workers),
+    }
+    writer.params = params_out
+    sim_info: dict[str, Any] = {
+        "model": f"sim.{opts.stage}",
+        "params_file": opts.params,
+        "params": params.to_dict(),
+        "trace": {
+            "spec": opts.trace,
+            "conversations": len(traced),
+            "of_conversations": len(sc.convs),
+            "users": len(traced_users),
+            "of_users": opts.users,
+            "fraction": round(len(traced) / max(1, len(sc.convs)), 6),
+        },
+        "simulated_seconds": round(drain_end, 3),
+        "send_window": [model.send_start, model.send_end],
+        "wall_seconds": round(sim_wall, 3),
+        "simpy_events": events,
+        "events_per_s": round(events / sim_wall) if sim_wall else None,
+        "messages": len(model.ledger),
+        "history_events": writer.history.recorder.count
+        if isinstance(writer.history.recorder, JsonlRecorder)
+        else None,
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+    shift = model.send_start  # the manifest's run starts with the send window
+    writer.finish(
+        ended_at=model.send_end,
+        drain_end=drain_end,
+        groups={
+            c.group_id: [sc.names[m] for m in c.members]
+            for c in (sc.convs[i] for i in traced)
+            if c.group_id is not None
+        },
+        faults=list(plan.items),
+        extra={"kind": "sim", "sim": sim_info, "population": population},
+    )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["started_at"] = writer.history.epoch(shift)
+    for f in manifest["faults"]:
+        f["start"] = round(f["start"] + shift, 6)
+        f["end"] = round(f["end"] + shift, 6)
+    manifest["sim"]["history_events"] = recorder.count
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    metrics: dict[str, Any] = {}
+    lines = [
+        f"simulated {drain_end:,.1f}s in {sim_wall:,.1f}s wall "
+        f"({drain_end / sim_wall if sim_wall else 0:,.1f}x real time), {events:,} SimPy events "
+        f"({sim_info['events_per_s'] or 0:,}/s), {len(model.ledger):,} messages, "
+        f"peak RSS {sim_info['peak_rss_mb']:,.0f} MB",
+        population_table(population),
+    ]
+    if opts.check:
+        t0 = time.perf_counter()
+        metrics = check(run_dir)
+        metrics["sim"] = {
+            **sim_info,
+            "population": population,
+            "checker_seconds": round(time.perf_counter() - t0, 3),
+            "sampled_figures": SAMPLED_NOTE,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        lines.insert(0, f"checker on the traced history ({recorder.count:,} events):")
+        lines.insert(1, summary_table(metrics))
+    text = "\n".join(lines)
+    say.say(text + f"\nrun folder: {run_dir}")
+    return SimResult(run_dir, manifest, metrics, text)
+
+
+SAMPLED_NOTE = (
+    "Everything the checker computed (sends, deliveries, latency_ms, ordering, throughput, "
+    "series, anomalies, summary) covers the traced conversations only (sim.trace); it is "
+    "exact for them. sim.population covers every user: counts are exact, latency "
+    "percentiles come from 1%-wide histogram buckets, and its push latency counts every "
+    "first push receipt (the checker's leaves out messages that were never acked ok)."
+)
+
+
+def population_figures(model: StageModel) -> dict[str, Any]:
+    """The model's own exact counts over every user (not only the traced ones)."""
+    led = model.ledger
+    c = model.counts
+    status = np.frombuffer(bytes(led.status), dtype=np.uint8)
+    expected = np.frombuffer(led.expected, dtype=np.uint16).astype(np.int64)
+    got = np.frombuffer(led.got, dtype=np.uint16).astype(np.int64)
+    ok = status == OK
+    missing = np.clip(expected - got, 0, None)
+    lost = int(missing[ok].sum())
+    n_ok = int(ok.sum())
+    exp_ok = int(expected[ok].sum())
+    delivered_ok = int(np.minimum(got, expected)[ok].sum())
+    window = model.send_end - model.send_start
+    return {
+        "users": len(model.users),
+        "sends": {
+            "attempted": len(led),
+            "acked_ok": n_ok,
+            "acked_error": int((status == 2).sum()),
+            "acked_error_by_code": dict(sorted(c.errors.items())),
+            "never_acked": int((status == 0).sum()),
+            "skipped_offline": c.c.get("skipped_offline", 0),
+        },
+        "deliveries": {
+            "expected": exp_ok,
+            "delivered": delivered_ok,
+            "push": c.c.get("deliveries_push", 0),
+            "sync": c.c.get("deliveries_sync", 0),
+            "lost": lost,
+            "lost_messages": int((missing[ok] > 0).sum()),
+            "delivered_unacked": int(got[~ok].sum()),
+            "self_receipts": c.c.get("self_receipts", 0),
+            "pushes_into_dead_connections": c.c.get("pushes_into_dead_connections", 0),
+        },
+        "latency_ms": {
+            "push": c.push_latency.summary_ms(),
+            "sync_recovery": c.sync_latency.summary_ms(),
+            "ack": c.ack_latency.summary_ms(),
+        },
+        "throughput": {
+            "accepted_sends_per_s": round(n_ok / window, 3) if window else None,
+            "deliveries_per_s": round(
+                (c.c.get("deliveries_push", 0) + c.c.get("deliveries_sync", 0)) / window, 3
+            )
+            if window
+            else None,
+        },
+        "clients": {
+            k: c.c.get(k, 0)
+            for k in (
+                "connects",
+                "connect_failed",
+                "drops",
+                "silent_drops",
+                "returns",
+                "syncs",
+                "final_synced",
+                "inbox_duplicates",
+                "crashes",
+                "record_retries",
+            )
+        },
+        "servers": {
+            n.name: {
+                "jobs": n.cpu.jobs,
+                "utilisation": round(n.cpu.busy / max(model.env.now, 1e-9), 4),
+            }
+            for n in (*model.nodes, *model.workers, *model.loadgens_as_nodes())
+        }
+        | {
+            "redis": {
+                "jobs": model.redis.jobs,
+                "utilisation": round(model.redis.busy / max(model.env.now, 1e-9), 4),
+            }
+        },
+        "kafka": model.kafka_figures(),
+        "series": {"t0_offset_s": 0, **{k: v for k, v in c.series.items()}},
+    }
+
+
+def population_table(pop: dict[str, Any]) -> str:
+    s, d, lat = pop["sends"], pop["deliveries"], pop["latency_ms"]["push"]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.3g}")
+
+    rows = [
+        ("population users", f(pop["users"])),
+        (
+            "population sends",
+            f"{f(s['attempted'])} attempted, {f(s['acked_ok'])} ok, "
+            f"{f(s['acked_error'])} error {s['acked_error_by_code'] or ''}, "
+            f"{f(s['never_acked'])} never acked",
+        ),
+        (
+            "population deliveries",
+            f"{f(d['delivered'])} of {f(d['expected'])} expected "
+            f"(push {f(d['push'])}, sync {f(d['sync'])}), "
+            f"lost {f(d['lost'])}",
+        ),
+        (
+            "population push ms",
+            f"p50 {f(lat['p50'])}  p99 {f(lat['p99'])}  "
+            f"p99.9 {f(lat['p99_9'])}  max {f(lat['max'])}",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,44 @@
+"""Model of stage v2 (`versions/v2/server.py`, seed section 三): one server plus Redis.
+
+A send is checked against the group's members (one Redis call for a group),
+stored first with the conversation's next seq (the store's Lua append: one Redis
+call), then pushed to every member connected here (the sender's echo included),
+then acked with its seq. While Redis is paused (SIGSTOP) the calls wait until
+redis-py's 5 s socket timeout and the client gets `unavailable`; the paused append
+still runs when Redis resumes, so such a message is stored but never pushed: the
+members find it by gap repair or catch-up, and the checker counts it as delivered
+though not acked — nothing acked is lost. While Redis is down (killed) calls fail
+at once. A client that was away catches up with `latest` and `sync`.
+"""
+
+from __future__ import annotations
+
+from sim.stage import (
+    FEATURE_DM,
+    FEATURE_GROUPS,
+    FEATURE_HISTORY,
+    Msg,
+    Node,
+    StageModel,
+    Steps,
+    User,
+)
+
+
+class V2(StageModel):
+    stage = "v2"
+    features = frozenset({FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY})
+    uses_redis = True
+
+    def members_of(self, msg: Msg) -> Steps:
+        """`Server.members_of`: a dm's two users, or the group's members from Redis."""
+        if msg.conv.gid is None:
+            return msg.conv.members
+        members = yield from self.redis_call(lambda: msg.conv.members)
+        return members
+
+    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+        members = yield from self.members_of(msg)
+        seq = yield from self.redis_call(lambda: self.store_append(msg))
+        yield from self.push(node, members, msg)
+        return seq

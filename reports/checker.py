@@ -775,6 +775,12 @@ def compute(run: Run) -> dict[str, Any]:
     return metrics
 
 
+def push_latencies(run: Run) -> list[float]:
+    """Every push latency (intended send -> first push receipt by an expected recipient),
+    in seconds: exactly the sample behind `latency_ms.push` in metrics.json."""
+    return list(_deliver(_walk(run)).push_lat)
+
+
 def check(run_dir: Path) -> dict[str, Any]:
     """Judge the run folder, write its metrics.json and return the metrics."""
     run_dir = Path(run_dir)

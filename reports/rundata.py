@@ -165,10 +165,8 @@ def load_metrics(run_dir: Path) -> dict[str, Any]:
 
 def push_latencies_ms(run_dir: Path) -> FloatArray:
     """Every push latency (intended send -> push receipt) the checker counts, sorted, in ms."""
-    # The checker keeps this sample internal; its two passes give exactly the one
-    # behind latency_ms.push in metrics.json.
-    deliveries = checker._deliver(checker._walk(load_run(run_dir)))
-    return np.sort(np.asarray(deliveries.push_lat, dtype=np.float64) * 1000.0)
+    sample = checker.push_latencies(load_run(run_dir))
+    return np.sort(np.asarray(sample, dtype=np.float64) * 1000.0)
 
 
 def load_runs(paths: Sequence[Path]) -> tuple[list[RunData], list[Path]]:

@@ -189,7 +189,10 @@ def schedule_lag(history_files: Iterable[Path]) -> dict[str, Any]:
 
 
 def generator_verdict(
-    cpu: dict[str, Any], lag: dict[str, Any], status: dict[str, Any] | None = None
+    cpu: dict[str, Any],
+    lag: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    planned: int | None = None,
 ) -> dict[str, Any]:
     """Was the load generator, not the stage, the limit of this run?"""
     gen = cpu.get("load_generator") or {}
@@ -213,6 +216,11 @@ def generator_verdict(
             f"Locust stopped {st.get('stopped_early', 0)} users mid-run and started "
             f"{st.get('surplus', 0)} beyond the plan: what those users missed is the "
             "generator's doing, not the stage's"
+        )
+    if planned is not None and st.get("started", 0) < planned:
+        reasons.append(
+            f"Locust started only {st.get('started', 0)} of the {planned} planned users: "
+            "what the others would have received counts as lost"
         )
     notes: list[str] = []
     if st.get("connect_failed"):

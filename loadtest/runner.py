@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from imlab.client import AsyncChatClient, HistoryRecorder
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
+from imlab.services import LOOPBACK, free_port
 from loadtest.monitor import (
     CpuSampler,
     generator_verdict,
@@ -324,6 +325,7 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
         first = plan.shape.step if plan.shape else opts.users
         ramp = plan.shape.ramp_seconds(opts.users) if plan.shape else 0.0
         connect_budget = 30.0 + 2.0 * opts.users / spawn_rate
+        master_port = free_port()
         safety = connect_budget + ramp + opts.duration + opts.max_drain + 120.0
         argv = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
@@ -331,6 +333,9 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
             "-t", f"{math.ceil(safety)}s", "--csv", str(run_dir / "locust"),
             "--html", str(run_dir / "locust.html"), "--only-summary",
             "--exit-code-on-error", "0", "--loglevel", "WARNING",
+            # its own loopback port: concurrent runs must not share a master (default *:5557)
+            "--master-bind-host", LOOPBACK, "--master-bind-port", str(master_port),
+            "--master-host", LOOPBACK, "--master-port", str(master_port),
         ]  # fmt: skip
         locust = LocustProcess(argv, env, cluster.logs / "locust.log")
         sampler = CpuSampler(
@@ -443,7 +448,7 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
     histories = sorted(run_dir.glob("history*.jsonl"))
     lag = schedule_lag(histories)
     cpu = sampler.summary(send_start, send_end)
-    verdict = generator_verdict(cpu, lag, status)
+    verdict = generator_verdict(cpu, lag, status, planned=opts.users)
     faults: list[dict[str, Any]] = live_faults.manifest_faults() if live_faults else []
     for f in fault_plan.items:
         if f.kind in ("kafka-loss", "churn"):

@@ -115,6 +115,7 @@ class LocustProcess:
             cwd=REPO_ROOT,
             start_new_session=True,
         )
+        self._stopped = False
         atexit.register(self.stop, 5.0)
 
     @property
@@ -125,6 +126,10 @@ class LocustProcess:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> int | None:
+        if self._stopped:
+            return self.proc.returncode
+        self._stopped = True
+        atexit.unregister(self.stop)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGINT)

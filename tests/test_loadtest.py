@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from imlab.cli import main as imlab_main
+from loadtest.monitor import generator_verdict, schedule_lag, total_status
 from loadtest.plan import (
     ChurnSpec,
     LoadPlan,
@@ -252,3 +253,41 @@ def test_v2_group_through_the_cli(v2_group_cli: tuple[Path, str]) -> None:
     _assert_accounted(metrics, raw)
     assert raw["missing"] == 0 and metrics["summary"]["clean"]
     assert "stage / scenario" in stdout and "load generator" in stdout
+
+
+# ---------------------------------------------------------------- the generator's verdict
+
+
+def test_schedule_lag_and_status_totals(tmp_path: Path) -> None:
+    lines = [
+        {"t": 10.0, "ev": "send", "intended": 10.0},
+        {"t": 10.3, "ev": "send", "intended": 10.1},
+        {"t": 10.4, "ev": "ack", "ok": True},
+    ]
+    (tmp_path / "history-a.jsonl").write_text(
+        "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in lines)
+    )
+    lag = schedule_lag([tmp_path / "history-a.jsonl"])
+    assert lag["sends"] == 2 and lag["late_fraction"] == 0.5
+    assert lag["max_ms"] == pytest.approx(200.0)
+    total = total_status(
+        [
+            {"pid": 1, "started": 3, "lag_max_s": 0.1, "events": {"send": 5}},
+            {"pid": 2, "started": 4, "lag_max_s": 0.3, "events": {"send": 1, "recv_push": 2}},
+        ]
+    )
+    assert total["started"] == 7 and total["lag_max_s"] == 0.3
+    assert total["events"] == {"send": 6, "recv_push": 2}
+
+
+def test_verdict_blames_the_generator_only_on_its_own_evidence() -> None:
+    idle = {"load_generator": {"busiest_process_pct_mean": 20.0}, "machine_pct": {"mean": 30}}
+    busy = {"load_generator": {"busiest_process_pct_mean": 95.0}, "machine_pct": {"mean": 99}}
+    late = {"p99_ms": 800.0}
+    on_time = {"p99_ms": 2.0}
+    assert not generator_verdict(idle, on_time)["generator_limited"]
+    slow_stage = generator_verdict(idle, late)
+    assert not slow_stage["generator_limited"] and "stage was the limit" in slow_stage["notes"][0]
+    assert generator_verdict(busy, late)["generator_limited"]
+    moved = generator_verdict(idle, on_time, {"started": 8, "stopped_early": 2}, planned=10)
+    assert moved["generator_limited"] and len(moved["reasons"]) == 2

@@ -266,7 +266,7 @@ def churn_table(results: dict[str, Any]) -> list[str]:
         f"offline spell (mean {c['churn_offline']:g} s); half of the drops are silent (the "
         "network dies, the server is not told and keeps pushing into the dead connection), "
         "half are clean disconnects. Refused = error acks (v1: `recipient_offline`). "
-        f"{c['repeats']} run(s) per stage (median).",
+        f"{c.get('repeats', 1)} run(s) per stage (median).",
         "",
         "| stage | acked ok | refused | deliveries expected | by push | recovered by sync "
         "| lost | lost % |",
@@ -310,10 +310,38 @@ def findings(results: dict[str, Any]) -> list[str]:
         + (", ".join(f"{k} ({_num(cells[k]['lost'])})" for k in lost) if lost else "none")
         + " in the main table (no churn, no faults; the churn table shows each stage's loss)."
     )
+    for scenario, levels in results["meta"]["levels"].items():
+        top = levels[-1]["name"]
+        at_top = [
+            f"{st} {_num(cells[k]['push_p99_ms'], 1)}"
+            for st in results["meta"]["stages"]
+            if cells.get(k := f"{st}/{scenario}/{top}", {}).get("status") == "ok"
+        ]
+        if at_top:
+            out.append(f"- `{scenario}` at {top}, push p99 ms by stage: " + ", ".join(at_top) + ".")
     out.append(
         "- Load generator the limit (a Locust process near a full core, or behind "
         "schedule while busy): " + (", ".join(limited) if limited else "in no cell") + "."
     )
+    busiest = [
+        (float(r["verdict"]["busiest_generator_process_pct"]), key)
+        for key, runs in results["runs"].items()
+        for r in runs
+        if r.get("status") == "ok"
+    ]
+    if busiest:
+        pct, where = max(busiest)
+        out.append(
+            f"- The busiest Locust process averaged at most {pct:.0f}% of a core "
+            f"(in {where}); a Locust process is single-threaded (gevent), so 100% is its "
+            "ceiling."
+        )
+    others = [k for k, c in cells.items() if c.get("status") == "ok" and c.get("others_busy")]
+    if others:
+        out.append(
+            f"- In {len(others)} cell(s) processes outside the run (other work on the shared "
+            "machine) took over a quarter of a core: those cells' latencies are inflated."
+        )
     if busy:
         out.append(
             "- The machine's two cores were over 80% busy in: " + ", ".join(busy) + ". "
@@ -348,6 +376,18 @@ def _git_commit() -> str:
     return head + (" (with uncommitted changes under versions/)" if dirty else "")
 
 
+def _render_only(path: Path, *, write: bool) -> int:
+    results = json.loads(path.read_text())
+    results["findings"] = findings(results)
+    section = render(results)
+    print(section)
+    if write:
+        RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
+        update_results_md(section)
+        print(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny loads, 1 repeat, 3 s")
@@ -360,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the churn scenario on every stage (loss table)",
     )  # fmt: skip
     parser.add_argument("--churn-repeats", type=int, default=1)
+    parser.add_argument(
+        "--render", type=Path, default=None, metavar="JSON",
+        help="only re-render the table from a results JSON (and --write it)",
+    )  # fmt: skip
     parser.add_argument("--runs-root", type=Path, default=None)
     parser.add_argument(
         "--write", action=argparse.BooleanOptionalAction, default=None,
@@ -368,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     install_signal_handlers()  # SIGTERM/SIGHUP unwind like Ctrl-C: every run stops its processes
+    if args.render is not None:
+        return _render_only(args.render, write=bool(args.write))
     repeats = args.repeats or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 5.0)
     write = (not args.quick) if args.write is None else args.write

@@ -24,7 +24,7 @@ from imlab.services import RedisService, install_signal_handlers, stop_all
 Command = Callable[[argparse.Namespace], int]
 
 # Modules with `register(subparsers)` adding their own subcommands.
-_PLUGINS: list[str] = ["loadtest.cli", "reports.cli"]
+_PLUGINS: list[str] = ["loadtest.cli", "reports.cli", "sim.cli"]
 
 
 def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:

@@ -11,6 +11,7 @@ when Redis has executed the PUBLISH, costs the node's loop a decode, then a push
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 from sim.kafka import Consumer
 from sim.stage import Msg, Node, StageModel, Steps, User
@@ -103,19 +104,14 @@ class RoutingModel(StageModel):
 
         def publish() -> None:
             arrive = self.redis_done + self.redis_link
-            for target, users in targets.items():
-                if target.alive:
-                    self.env.process(self._relayed(target, users, msg, arrive))
-                else:
-                    self.counts.inc("relay_no_listener")
+            self.at(arrive, partial(self._relayed, targets, msg))
 
         yield from self.redis_call(publish, ops=len(targets))
 
-    def _relayed(self, node: Node, users: list[int], msg: Msg, arrive: float) -> Steps:
-        env = self.env
-        yield env.timeout(max(0.0, arrive - env.now))
-        if not node.alive:
-            self.counts.inc("relay_no_listener")
-            return
-        yield from self.cpu(node, self.d_relay())
-        yield from self.push(node, users, msg)
+    def _relayed(self, targets: dict[Node, list[int]], msg: Msg) -> None:
+        """The envelopes reach their nodes: each decodes its own and pushes (one CPU job)."""
+        for node, users in targets.items():
+            if node.alive:
+                self.push_now(node, users, msg, before=self.d_relay())
+            else:
+                self.counts.inc("relay_no_listener")

@@ -142,6 +142,7 @@ class User:
         "down_last",
         "endpoints",
         "finished",
+        "free_at",
         "idx",
         "loadgen",
         "max_seq",
@@ -164,6 +165,7 @@ class User:
         self.conn: Conn | None = None
         self.online = False
         self.busy = False
+        self.free_at = 0.0  # the greenlet is blocked until then (waiting for an ack)
         self.queue: deque[tuple[str, float]] = deque()
         self.max_seq: dict[int, int] = {}
         self.pending: dict[int, dict[int, int]] = {}  # conv -> seq -> message id
@@ -339,7 +341,7 @@ class StageModel:
         """After the server learnt that `user`'s connection is gone."""
         yield from ()
 
-    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+    def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         """Handle a send on `node`'s loop; returns the ack's seq (or None), raises
         `Unavailable`/`ProtocolRefusal` for an error ack."""
         raise ProtocolRefusal("unsupported")
@@ -360,24 +362,25 @@ class StageModel:
         """One round trip to Redis; `effect` runs when Redis executes the command.
 
         A paused Redis executes it later (the call fails after the timeout, the
-        effect happens anyway); a dead Redis refuses it (no effect)."""
+        effect happens anyway); a dead Redis refuses it (no effect). The link to
+        Redis has a constant delay, so commands reach it in the order they are
+        sent and the Redis server can be served at the moment of the call."""
         env = self.env
         t0 = env.now
         link = self.redis_link
-        yield env.timeout(link)
         service = self.d_redis_op() if ops == 1 else sum(self.d_redis_op() for _ in range(ops))
         try:
-            done = self.redis.serve(env.now, service)
+            done = self.redis.serve(t0 + link, service)
         except Refused as r:
-            yield env.timeout(max(0.0, r.at - env.now) + link)
+            yield env.timeout(max(0.0, r.at - t0) + link)
             raise Unavailable("redis") from None
         self.redis_done = done
         result = effect()
-        back = done + link
-        if back - t0 > self.p.redis_timeout:
-            yield env.timeout(t0 + self.p.redis_timeout - env.now)
+        back = done + link - t0
+        if back > self.p.redis_timeout:
+            yield env.timeout(self.p.redis_timeout)
             raise Unavailable("redis timeout")
-        yield env.timeout(back - env.now)
+        yield env.timeout(back)
         return result
 
     def store_append(self, msg: Msg) -> int:
@@ -392,22 +395,31 @@ class StageModel:
         return msg.seq
 
     def push(self, node: Node, users: Sequence[int], msg: Msg) -> Steps:
-        """Emit `msg` to the local connections of `users` on `node` (one CPU job)."""
-        env = self.env
-        conns = [c for u in users if (c := node.local.get(u)) is not None]
-        if not conns:
-            return 0
-        costs = [self.d_push() for _ in conns]
+        """Emit `msg` to the local connections of `users` on `node`; continue when done."""
+        done = self.push_now(node, users, msg)
+        if done > self.env.now:
+            yield self.env.timeout(done - self.env.now)
+
+    def push_now(self, node: Node, users: Sequence[int], msg: Msg, before: float = 0.0) -> float:
+        """One CPU job on `node`: `before` seconds of other work (a relay's decode),
+        then one emit per local connection; each push leaves as its emit ends.
+        Returns when the job ends (now if there is nothing to do or the node is dead)."""
+        now = self.env.now
+        local = node.local
+        conns = [c for u in users if (c := local.get(u)) is not None]
+        if not conns and not before:
+            return now
+        draw = self.d_push
+        costs = [draw() for _ in conns]
         try:
-            done = node.cpu.serve(env.now, sum(costs))
+            done = node.cpu.serve(now, before + sum(costs))
         except Refused:
-            return 0
+            return now
         t = done - sum(costs)
         for conn, cost in zip(conns, costs, strict=True):
             t += cost
             self.transmit(conn, msg, t)
-        yield env.timeout(done - env.now)
-        return len(conns)
+        return done
 
     def transmit(self, conn: Conn, msg: Msg, t: float) -> None:
         """The push leaves the node at `t` and reaches the client unless its connection
@@ -516,12 +528,22 @@ class StageModel:
 
     def post(self, user: User, action: str, arg: float) -> None:
         """Give the user's greenlet an action; it runs now or after the current one."""
-        if user.busy:
-            if action == "repair" and any(a == "repair" for a, _ in user.queue):
-                return
-            user.queue.append((action, arg))
+        if action == "repair" and any(a == "repair" for a, _ in user.queue):
             return
+        user.queue.append((action, arg))
+        if not user.busy:
+            self._wake(user)
+
+    def _wake(self, user: User) -> None:
+        """Run the greenlet's next action, now or when it stops waiting for an ack."""
         user.busy = True
+        if user.free_at > self.env.now:
+            self.at(user.free_at, partial(self._next, user))
+        else:
+            self._next(user)
+
+    def _next(self, user: User) -> None:
+        action, arg = user.queue.popleft()
         self.env.process(self._run_action(user, action, arg))
 
     def _post_now(self, user: User, action: str) -> None:
@@ -552,29 +574,34 @@ class StageModel:
                 user.finished = True
         finally:
             if user.queue:
-                nxt, narg = user.queue.popleft()
-                self.env.process(self._run_action(user, nxt, narg))
+                self._wake(user)
             else:
                 user.busy = False
 
-    def request(self, user: User, handler: Callable[[Node], Steps]) -> Steps:
+    def request(
+        self,
+        user: User,
+        handler: Callable[[Node], Steps],
+        *,
+        start: float | None = None,
+        wait: bool = True,
+    ) -> Steps:
         """One call from the client: up the link, the handler on the node, the ack back.
 
-        Returns (ok, value or error code, ack time); a call that gets no ack in time
-        returns (False, None, the moment the client gives up)."""
+        The call leaves at `start` (default now). Returns (ok, value or error code,
+        ack time); a call that gets no ack in time returns (False, None, the moment
+        the client gives up). With `wait` false the process does not wait for the
+        ack's arrival (the caller only records it): one event less per send."""
         env = self.env
         conn = user.conn
-        t0 = env.now
+        t0 = env.now if start is None else start
         deadline = t0 + self.p.call_timeout
         if conn is None or not conn.open:
-            yield env.timeout(self.p.call_timeout)
-            return False, None, env.now
+            return (yield from self._no_ack(deadline, wait))
         node = conn.node
-        arrival = t0 + self.d_client()
-        yield env.timeout(arrival - env.now)
+        yield env.timeout(t0 + self.d_client() - env.now)
         if not node.alive or not conn.open:
-            yield env.timeout(max(0.0, deadline - env.now))
-            return False, None, env.now
+            return (yield from self._no_ack(deadline, wait))
         try:
             yield from self.cpu(node, self.d_request())
             value = yield from handler(node)
@@ -584,32 +611,33 @@ class StageModel:
         except ProtocolRefusal as exc:
             ok, value = False, exc.code
         except Refused:
-            yield env.timeout(max(0.0, deadline - env.now))
-            return False, None, env.now
+            return (yield from self._no_ack(deadline, wait))
         if not node.alive or not conn.open:
-            yield env.timeout(max(0.0, deadline - env.now))
-            return False, None, env.now
+            return (yield from self._no_ack(deadline, wait))
         back = env.now + self.d_client()
         if back < user.down_last:
             back = user.down_last
         user.down_last = back
         if back > deadline or back >= conn.closes_at:
-            yield env.timeout(max(0.0, deadline - env.now))
-            return False, None, env.now
-        yield env.timeout(back - env.now)
-        t = env.now
+            return (yield from self._no_ack(deadline, wait))
         if user.loadgen is not None:
-            t = user.loadgen.serve(t, self.d_loadgen())
-            yield env.timeout(t - env.now)
-        return ok, value, t
+            yield env.timeout(back - env.now)
+            back = user.loadgen.serve(back, self.d_loadgen())
+        if wait and back > env.now:
+            yield env.timeout(back - env.now)
+        return ok, value, back
+
+    def _no_ack(self, deadline: float, wait: bool) -> Steps:
+        if wait and deadline > self.env.now:
+            yield self.env.timeout(deadline - self.env.now)
+        return False, None, deadline
 
     def client_send(self, user: User, intended: float) -> Steps:
         env = self.env
         at = max(env.now, intended) + self.d_send_lag()
-        yield env.timeout(at - env.now)
         if user.loadgen is not None:
-            t = user.loadgen.serve(env.now, self.d_loadgen())
-            yield env.timeout(t - env.now)
+            yield env.timeout(at - env.now)
+            at = user.loadgen.serve(at, self.d_loadgen())
         conv = self.convs[self.sc.send_conv[user.idx]]
         mid = self.ledger.new(user.idx, conv.index, intended, len(conv.members) - 1)
         user.sends += 1
@@ -618,15 +646,18 @@ class StageModel:
         if conv.traced:
             self.traced_msgs[mid] = msg
         self.counts.inc("sends")
-        self.counts.at("sends", env.now)
+        self.counts.at("sends", at)
         node_name = user.conn.node.name if user.conn else None
         if conv.traced and self.history is not None:
             self.history.send(
-                env.now, user.name, conv.cid, cmid or "", intended=intended, node=node_name
+                at, user.name, conv.cid, cmid or "", intended=intended, node=node_name
             )
         self.in_flight += 1
-        ok, value, t = yield from self.request(user, lambda node: self.handle_send(node, user, msg))
+        ok, value, t = yield from self.request(
+            user, partial(self.handle_send, user=user, msg=msg), start=at, wait=False
+        )
         self.in_flight -= 1
+        user.free_at = t  # the greenlet is blocked in `send` until the ack or the timeout
         if value is None and not ok:
             self.counts.inc("never_acked")
             return
@@ -946,8 +977,7 @@ class StageModel:
                 yield from self.connect(user)
             finally:
                 if user.queue:
-                    nxt, narg = user.queue.popleft()
-                    self.env.process(self._run_action(user, nxt, narg))
+                    self._wake(user)
                 else:
                     user.busy = False
 
@@ -969,19 +999,18 @@ class StageModel:
                 t = base + ph
                 if t >= self.send_end:
                     return
-                if t > env.now:
+                if t > env.now + 0.001:  # slots due within a millisecond share a wake-up
                     yield env.timeout(t - env.now)
                 self.slot(user, t)
             k += 1
 
     def slot(self, user: User, t: float) -> None:
-        if user.busy:
-            user.queue.append(("send", t))
-        elif not user.online:
+        if not user.busy and not user.online:
             self.counts.inc("skipped_offline")
-        else:
-            user.busy = True
-            self.env.process(self._run_action(user, "send", t))
+            return
+        user.queue.append(("send", t))
+        if not user.busy:
+            self._wake(user)
 
     def _window_closed(self) -> None:
         for user in self.users:

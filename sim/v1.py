@@ -17,7 +17,7 @@ class V1(StageModel):
     stage = "v1"
     features = frozenset({FEATURE_DM})
 
-    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+    def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
             raise ProtocolRefusal("unsupported")
         to = next(m for m in msg.conv.members if m != user.idx)

@@ -37,7 +37,7 @@ class V2(StageModel):
         members = yield from self.redis_call(lambda: msg.conv.members)
         return members
 
-    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+    def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         members = yield from self.members_of(msg)
         seq = yield from self.redis_call(lambda: self.store_append(msg))
         yield from self.push(node, members, msg)

@@ -44,7 +44,7 @@ class V3(RoutingModel):
     def consumer_nodes(self) -> list[Node]:
         return self.nodes
 
-    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+    def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
             yield from self.redis_call(lambda: None)  # check_member: SISMEMBER
         result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)

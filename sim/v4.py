@@ -47,7 +47,7 @@ class V4(RoutingModel):
     def connect_cost(self) -> float:
         return self.d_verify()
 
-    def handle_send(self, node: Node, user: User, msg: Msg) -> Steps:
+    def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
             yield from self.redis_call(lambda: None)  # check_member: SISMEMBER
         seq = yield from self.redis_call(lambda: self.store_append(msg))

@@ -1,0 +1,291 @@
+"""`imlab calibrate`: derive a stage model's parameters from real runs of `imlab load`.
+
+From each run folder it reads the manifest (the scenario and load, the send
+window, the CPU the stage's processes and the Locust processes used during it,
+sampled by the load tool) and the clients' histories (send lag, ack and push
+latencies, how many messages and receipts there were). Then:
+
+- `client_send_lag`: mean and cv of `t - intended` over all sends;
+- `node_request` and `node_push`: the server processes' CPU seconds split over
+  requests and pushed connections by least squares across the runs (with a single
+  fan-out the split keeps the default ratio of the two and fits the scale);
+- `redis_op`: Redis CPU seconds per command (v2 runs only, where Redis is the one
+  process besides the servers);
+- `loadgen_event`, `loadgen_processes`: Locust CPU seconds per client event and the
+  number of Locust processes, so a run of this machine can be reproduced;
+- `client_link`: the one-way client<->server delay is what the CPU figures leave
+  unexplained; it is fitted by simulating the lowest-load run until the simulated
+  median ack latency equals the real one. Push latency is not fitted: it stays a
+  prediction that the tests compare with the real one.
+
+Everything not derivable from the runs keeps its default (see `sim.params`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reports.history import HISTORY_GLOB, load_manifest
+from sim.faults import parse_faults
+from sim.params import DEFAULTS, Dist, Params
+
+__all__ = ["CalibrationError", "RunFacts", "calibrate", "read_run"]
+
+
+class CalibrationError(ValueError):
+    """The run folders cannot be calibrated from (the message says why)."""
+
+
+@dataclass
+class RunFacts:
+    """What one real run tells the calibration."""
+
+    path: Path
+    stage: str
+    scenario: str
+    users: int
+    rate: float
+    duration: float
+    group_size: int
+    window: float
+    sends: int
+    acked_ok: int
+    receipts: int  # every recv, the sender's own echo included: one emit each
+    self_receipts: int
+    syncs: int
+    lag_mean: float
+    lag_cv: float
+    ack_p50: float
+    push_p50: float
+    node_cpu_s: float | None
+    infra_cpu_s: float | None
+    loadgen_cpu_s: float | None
+    loadgen_processes: int
+
+    @property
+    def requests(self) -> int:
+        return self.sends + self.syncs
+
+    @property
+    def redis_ops(self) -> int:
+        per_send = 2 if self.scenario in ("group", "burst", "large-group") else 1
+        return self.sends * per_send + 2 * self.syncs
+
+
+def _cpu_seconds(pcts: dict[str, float], pids: set[str], window: float, inside: bool) -> float:
+    return sum(v for pid, v in pcts.items() if (pid in pids) == inside) / 100.0 * window
+
+
+def read_run(run_dir: Path | str) -> RunFacts:
+    """The facts of one `imlab load` run folder."""
+    path = Path(run_dir)
+    man = load_manifest(path)
+    if man.get("source") == "sim" or man.get("kind") == "sim":
+        raise CalibrationError(f"{path}: a simulated run; calibrate from real runs")
+    params = man.get("params") or {}
+    started, ended = man.get("started_at"), man.get("ended_at")
+    if not isinstance(started, int | float) or not isinstance(ended, int | float):
+        raise CalibrationError(f"{path}: the manifest has no send window")
+    window = float(ended) - float(started)
+    intended: dict[str, float] = {}
+    lags: list[float] = []
+    acks: list[float] = []
+    pushes: list[float] = []
+    receipts = self_receipts = syncs = acked_ok = 0
+    files = sorted(path.glob(HISTORY_GLOB))
+    if not files:
+        raise CalibrationError(f"{path}: no history files")
+    for f in files:
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                ev = e.get("ev")
+                if ev == "send" and "intended" in e:
+                    intended[e["msg"]] = float(e["intended"])
+                    lags.append(max(0.0, float(e["t"]) - float(e["intended"])))
+                elif ev == "ack":
+                    if e.get("ok"):
+                        acked_ok += 1
+                    if e.get("msg") in intended:
+                        acks.append(float(e["t"]) - intended[e["msg"]])
+                elif ev == "recv":
+                    receipts += 1
+                    if e.get("user") == e.get("sender"):
+                        self_receipts += 1
+                    elif e.get("via", "push") == "push" and e.get("msg") in intended:
+                        pushes.append(float(e["t"]) - intended[e["msg"]])
+                elif ev == "sync":
+                    syncs += 1
+    if not lags or not acks:
+        raise CalibrationError(f"{path}: no sends with acks in the histories")
+    cpu = man.get("stage_cpu") or {}
+    pcts = {str(k): float(v) for k, v in (cpu.get("per_process_pct_mean") or {}).items()}
+    procs = ((man.get("cluster") or {}).get("processes")) or {}
+    node_pids = {str(p.get("pid")) for p in procs.values() if isinstance(p, dict)}
+    gen = (man.get("load_generator") or {}).get("cpu") or {}
+    lag_mean = statistics.fmean(lags)
+    lag_sd = statistics.pstdev(lags)
+    return RunFacts(
+        path=path,
+        stage=str(man.get("stage")),
+        scenario=str(man.get("scenario")),
+        users=int(params.get("users") or 0),
+        rate=float(params.get("rate") or 0.0),
+        duration=float(params.get("duration") or window),
+        group_size=int(params.get("group_size") or 8),
+        window=window,
+        sends=len(intended),
+        acked_ok=acked_ok,
+        receipts=receipts,
+        self_receipts=self_receipts,
+        syncs=syncs,
+        lag_mean=lag_mean,
+        lag_cv=lag_sd / lag_mean if lag_mean > 0 else 0.0,
+        ack_p50=statistics.median(acks),
+        push_p50=statistics.median(pushes) if pushes else math.nan,
+        node_cpu_s=_cpu_seconds(pcts, node_pids, window, True) if pcts else None,
+        infra_cpu_s=_cpu_seconds(pcts, node_pids, window, False) if pcts else None,
+        loadgen_cpu_s=float(gen["total_pct_mean"]) / 100.0 * window
+        if "total_pct_mean" in gen
+        else None,
+        loadgen_processes=int((man.get("load_generator") or {}).get("processes") or 0),
+    )
+
+
+def _fit_node_costs(runs: list[RunFacts], base: Params) -> tuple[float, float, str]:
+    """(node_request mean, node_push mean, how) from the runs' server CPU."""
+    rows = [(r.requests, r.receipts, r.node_cpu_s) for r in runs if r.node_cpu_s]
+    if not rows:
+        return base.node_request.mean, base.node_push.mean, "defaults (no CPU samples)"
+    ratio = base.node_push.mean / base.node_request.mean
+    fanouts = {round(p / max(q, 1), 1) for q, p, _ in rows}
+    if len(fanouts) > 1:
+        # Least squares for cpu = a * requests + b * pushes, kept non-negative.
+        sqq = sum(q * q for q, _, _ in rows)
+        spp = sum(p * p for _, p, _ in rows)
+        sqp = sum(q * p for q, p, _ in rows)
+        sqc = sum(q * c for q, _, c in rows if c)
+        spc = sum(p * c for _, p, c in rows if c)
+        det = sqq * spp - sqp * sqp
+        if det > 0:
+            a = (sqc * spp - spc * sqp) / det
+            b = (spc * sqq - sqc * sqp) / det
+            if a > 0 and b > 0:
+                return a, b, "least squares over runs with different fan-outs"
+    total_cpu = sum(c for _, _, c in rows if c)
+    units = sum(q + ratio * p for q, p, _ in rows)
+    a = total_cpu / units
+    return a, ratio * a, f"scale fitted, push/request ratio kept at {ratio:.3g}"
+
+
+def calibrate(
+    run_dirs: list[Path | str], *, base: Params = DEFAULTS, fit_link: bool = True
+) -> Params:
+    """Parameters fitted to the real runs in `run_dirs` (see the module docstring)."""
+    runs = [read_run(d) for d in run_dirs]
+    if not runs:
+        raise CalibrationError("no run folders given")
+    n_sends = sum(r.sends for r in runs)
+    lag_mean = sum(r.lag_mean * r.sends for r in runs) / n_sends
+    lag_cv = sum(r.lag_cv * r.sends for r in runs) / n_sends
+    a, b, how = _fit_node_costs(runs, base)
+    changes: dict[str, Any] = {
+        "client_send_lag": Dist(lag_mean, round(lag_cv, 3)),
+        "node_request": Dist(a, base.node_request.cv),
+        "node_push": Dist(b, base.node_push.cv),
+    }
+    source: dict[str, Any] = {
+        "how": "imlab calibrate",
+        "runs": [str(r.path) for r in runs],
+        "node_costs": how,
+    }
+    v2 = [r for r in runs if r.stage == "v2" and r.infra_cpu_s]
+    if v2:
+        ops = sum(r.redis_ops for r in v2)
+        changes["redis_op"] = Dist(sum(r.infra_cpu_s or 0.0 for r in v2) / ops, base.redis_op.cv)
+        source["redis_op"] = f"Redis CPU over {ops} commands of {len(v2)} v2 run(s)"
+    gen = [r for r in runs if r.loadgen_cpu_s]
+    if gen:
+        events = sum(r.sends + r.receipts for r in gen)
+        changes["loadgen_event"] = Dist(
+            sum(r.loadgen_cpu_s or 0.0 for r in gen) / events, base.loadgen_event.cv
+        )
+        changes["loadgen_processes"] = max(r.loadgen_processes for r in gen) or 1
+    params = base.with_(**changes)
+    if fit_link:
+        ref = min(runs, key=lambda r: r.users * r.rate)
+        link, sim_ack = _fit_link(ref, params)
+        params = params.with_(client_link=Dist(link, base.client_link.cv))
+        source["client_link"] = (
+            f"fitted on {ref.path.name}: simulated ack p50 {sim_ack * 1000:.3f} ms "
+            f"against real {ref.ack_p50 * 1000:.3f} ms"
+        )
+    source["runs_facts"] = [
+        {
+            "run": str(r.path),
+            "stage": r.stage,
+            "scenario": r.scenario,
+            "users": r.users,
+            "rate": r.rate,
+            "sends": r.sends,
+            "receipts": r.receipts,
+            "ack_p50_ms": round(r.ack_p50 * 1000, 3),
+            "push_p50_ms": round(r.push_p50 * 1000, 3),
+            "node_cpu_s": r.node_cpu_s,
+            "infra_cpu_s": r.infra_cpu_s,
+            "loadgen_cpu_s": r.loadgen_cpu_s,
+        }
+        for r in runs
+    ]
+    return params.with_(source=source)
+
+
+def simulate_like(run: RunFacts, params: Params, *, duration: float | None = None) -> Any:
+    """Simulate the load of a real run (no history written); returns the model."""
+    from sim.run import SimOptions, build_model
+
+    opts = SimOptions(
+        stage=run.stage,
+        scenario=run.scenario,
+        users=run.users,
+        rate=run.rate,
+        duration=duration or run.duration,
+        group_size=run.group_size,
+        check=False,
+        quiet=True,
+    )
+    model, _sc, _traced = build_model(opts, params, parse_faults(""), None)
+    model.run()
+    return model
+
+
+def _sim_ack_p50(run: RunFacts, params: Params) -> float:
+    model = simulate_like(run, params, duration=min(run.duration, 6.0))
+    p50 = model.counts.ack_latency.quantile(0.5)
+    return math.nan if p50 is None else p50
+
+
+def _fit_link(run: RunFacts, params: Params) -> tuple[float, float]:
+    """The one-way client link delay that makes the simulated ack median match the real one
+    (the ack median grows by two link delays per unit: a secant search)."""
+    target = run.ack_p50
+    lo, hi = 1e-5, max(target, 2e-5)
+    f_lo = _sim_ack_p50(run, params.with_(client_link=Dist(lo, params.client_link.cv))) - target
+    if f_lo >= 0:
+        return lo, f_lo + target
+    x = max(lo, (target - (f_lo + target)) / 2.0 + lo)
+    fx = f_lo
+    for _ in range(6):
+        fx = _sim_ack_p50(run, params.with_(client_link=Dist(x, params.client_link.cv))) - target
+        if abs(fx) < 0.02 * target:
+            break
+        x = min(hi, max(lo, x - fx / 2.0))
+    return x, fx + target

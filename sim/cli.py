@@ -1,0 +1,133 @@
+"""The `imlab sim` and `imlab calibrate` subcommands, registered into the `imlab` command
+by `register` (like `loadtest.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loadtest.plan import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
+from sim.faults import FaultSpecError
+from sim.run import MODELS, TRACE_EVENTS, SimOptions, run_sim
+
+EPILOG = (
+    "scenarios (as for `imlab load`):\n"
+    + "\n".join(f"  {name:<12} {what}" for name, what in SCENARIOS.items())
+    + "\n\nfaults: redis-outage:30s@60s, redis-restart:5s@20s, broker-down:10s@30s, "
+    "kafka-loss:0.01,\n        crash:gateway-1@45s, churn:0.2 (times from the send window's start)"
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="simulate a stage under a load scenario and faults, and judge it",
+        description=(
+            "Simulate a stage (SimPy model) under the same scenarios and fault spec as "
+            "`imlab load`, write a run folder like it (manifest, history, metrics.json "
+            "from the same checker) and report simulated time, wall time and events/s."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--stage", required=True, choices=MODELS)
+    p.add_argument("--scenario", default="group", choices=list(SCENARIOS))
+    p.add_argument("--users", type=int, default=40, help="simulated users (default 40)")
+    p.add_argument("--rate", type=float, default=1.0, help="sends per second per user (default 1)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of sending")
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
+    p.add_argument("--churn", type=float, default=None, help="fraction of users that churn")
+    p.add_argument("--churn-online", type=float, default=2.0, help="mean online spell, s")
+    p.add_argument("--churn-offline", type=float, default=1.0, help="mean offline spell, s")
+    p.add_argument("--churn-silent", type=float, default=0.5, help="share of silent drops")
+    p.add_argument("--faults", default="", help="fault spec, e.g. redis-outage:30s@60s")
+    p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
+    p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="v4 workers (default 2)")
+    p.add_argument("--params", default=None, help="parameter file from `imlab calibrate`")
+    p.add_argument(
+        "--trace",
+        default="auto",
+        help="conversations written to the history: auto (as many as the event budget "
+        "allows), all, or a number",
+    )
+    p.add_argument("--trace-events", type=int, default=TRACE_EVENTS, help="auto's budget")
+    p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
+    p.add_argument("--no-check", action="store_true", help="skip the checker")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(func=cmd_sim)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="derive simulation parameters from real `imlab load` run folders",
+        description=(
+            "Read real run folders (manifest CPU samples and histories), derive service "
+            "times and delays, fit the client link delay by simulation, and write a "
+            "parameter file for `imlab sim --params`."
+        ),
+    )
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER")
+    c.add_argument("-o", "--output", default="sim-params.json", help="parameter file to write")
+    c.add_argument("--no-fit", action="store_true", help="do not fit the link delay")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Run one simulation; exit 0 when it ran (whatever it found), 2 when it could not."""
+    try:
+        opts = SimOptions(
+            stage=args.stage,
+            scenario=args.scenario,
+            users=args.users,
+            rate=args.rate,
+            duration=args.duration,
+            group_size=args.group_size,
+            churn=args.churn,
+            churn_online=args.churn_online,
+            churn_offline=args.churn_offline,
+            churn_silent=args.churn_silent,
+            faults=args.faults,
+            seed=args.seed,
+            servers=args.servers,
+            gateways=args.gateways,
+            workers=args.workers,
+            params=args.params,
+            trace=args.trace,
+            trace_events=args.trace_events,
+            max_drain=args.max_drain,
+            run_dir=Path(args.run_dir) if args.run_dir else None,
+            check=not args.no_check,
+            quiet=args.quiet,
+        )
+        result = run_sim(opts)
+    except (PlanError, FaultSpecError, ValueError, OSError) as exc:
+        print(f"imlab sim: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print(result.summary)
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from sim.calibrate import CalibrationError, calibrate
+
+    try:
+        params = calibrate(args.run_dirs, fit_link=not args.no_fit)
+    except (CalibrationError, OSError, ValueError) as exc:
+        print(f"imlab calibrate: {exc}", file=sys.stderr)
+        return 2
+    params.save(args.output)
+    for name in ("client_send_lag", "client_link", "node_request", "node_push", "redis_op",
+                 "loadgen_event"):  # fmt: skip
+        d = getattr(params, name)
+        print(f"{name:<16} mean {d.mean * 1e6:9.1f} µs  cv {d.cv:.2f}")
+    print(f"loadgen_processes {params.loadgen_processes}")
+    for key in ("node_costs", "redis_op", "client_link"):
+        if key in params.source:
+            print(f"{key}: {params.source[key]}")
+    print(f"wrote {args.output}")
+    return 0

@@ -370,6 +370,9 @@ def population_figures(model: StageModel) -> dict[str, Any]:
             "lost": lost,
             "lost_messages": int((missing[ok] > 0).sum()),
             "delivered_unacked": int(got[~ok].sum()),
+            "acked_never_pushed": int(
+                (ok & (np.frombuffer(bytes(led.pushed), dtype=np.uint8) == 0)).sum()
+            ),
             "self_receipts": c.c.get("self_receipts", 0),
             "pushes_into_dead_connections": c.c.get("pushes_into_dead_connections", 0),
         },

@@ -189,6 +189,7 @@ class Ledger:
         self.expected = array("H")
         self.got = array("H")  # first receipts by expected recipients
         self.status = bytearray()  # 0 never acked, OK, ERROR
+        self.pushed = bytearray()  # 1 once a node emitted it to a recipient other than the sender
 
     def new(self, sender: int, conv: int, intended: float, expected: int) -> int:
         self.sender.append(sender)
@@ -197,6 +198,7 @@ class Ledger:
         self.expected.append(expected)
         self.got.append(0)
         self.status.append(0)
+        self.pushed.append(0)
         return len(self.status) - 1
 
     def __len__(self) -> int:
@@ -416,8 +418,11 @@ class StageModel:
         except Refused:
             return now
         t = done - sum(costs)
+        sender = msg.sender
         for conn, cost in zip(conns, costs, strict=True):
             t += cost
+            if conn.user.idx != sender:
+                self.ledger.pushed[msg.mid] = 1
             self.transmit(conn, msg, t)
         return done
 

@@ -42,6 +42,7 @@ class RoutingModel(StageModel):
                 self.rng,
                 fetch_wait=self.p.kafka_fetch_wait,
                 max_records=self.p.kafka_max_records,
+                long_poll=self.p.kafka_long_poll,
             )
             group.join(node.consumer)
         group.subscribe_all(topics)

@@ -875,6 +875,7 @@ class StageModel:
             yield env.all_of(procs)
             if not node.alive:
                 return
+            yield env.timeout(2 * self.p.kafka_link.mean)  # the commit's round trip
             consumer.commit()
             assert self.broker is not None
             for topic, index in parts:

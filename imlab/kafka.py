@@ -12,9 +12,12 @@ consumer offsets, and a producer with old metadata may get acks for writes that
 are gone. `KafkaLink` creates a sentinel topic of its own (one per process, named
 after it, never written to) and checks every second that it still exists; when
 it is gone, the link re-creates the base topics and its producer, forgets which
-topics it had ensured, bumps `epoch`, and every `ConsumerLoop` on the link
-re-creates its consumer. Writes in the second before the check notices are the
-real "publish acked, then lost" window.
+topics it had ensured and bumps `epoch`. Writes in the second before the check
+notices are the real "publish acked, then lost" window. Consumers are *not*
+re-created: aiokafka's consumer rejoins the restarted broker by itself (and,
+with no committed offsets left, reads the new topics from the start), while a
+re-created one leaves its predecessor behind as a ghost member (Tansu ignores
+LeaveGroup) that stalled the group's rebalances for 30 s and more.
 """
 
 from __future__ import annotations
@@ -291,28 +294,25 @@ class ConsumerLoop:
     async def _run(self) -> None:
         while not self._stopping:
             if self.link.epoch == 0:
-                # Joining before the link has (re)created the topics would only mean
+                # Joining before the link has created the topics would only mean
                 # rejoining right after: every join costs the whole group a rebalance.
                 await asyncio.sleep(0.05)
                 continue
-            epoch = self.link.epoch
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.link.bootstrap,
                 group_id=self.group_id,
                 client_id=self.client_id,
                 **CONSUMER_SETTINGS,
             )
-            consumer.subscribe(pattern=self.pattern, listener=_Listener(self, consumer))
+            consumer.subscribe(pattern=self.pattern, listener=_Listener(self))
             try:
                 await consumer.start()
                 self.running = True
                 self.metrics.inc("kafka_consumer_starts")
-                while not self._stopping and self.link.epoch == epoch:
+                while not self._stopping:
                     batch = await consumer.getmany(timeout_ms=100)
                     if batch:
-                        await self._process(consumer, batch, epoch)
-                if self.link.epoch != epoch:
-                    log.warning("broker state reset: re-creating the consumer")
+                        await self._process(consumer, batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -329,7 +329,6 @@ class ConsumerLoop:
         self,
         consumer: AIOKafkaConsumer,
         batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-        epoch: int,
     ) -> None:
         self._idle.clear()
         try:
@@ -339,7 +338,7 @@ class ConsumerLoop:
                 tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
             ) -> None:
                 for rec in records:
-                    if not await self._handle(consumer, tp, rec, epoch):
+                    if not await self._handle(consumer, tp, rec):
                         return
                     self.last_offset[tp] = rec.offset
                     done[tp] = rec.offset + 1
@@ -361,7 +360,6 @@ class ConsumerLoop:
         consumer: AIOKafkaConsumer,
         tp: TopicPartition,
         rec: ConsumerRecord[bytes, bytes],
-        epoch: int,
     ) -> bool:
         """Handle one record; False when the partition is no longer ours to handle."""
         delay = 0.05
@@ -375,7 +373,7 @@ class ConsumerLoop:
                                 rec.offset, exc)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                if self._stopping or self.link.epoch != epoch or tp not in consumer.assignment():
+                if self._stopping or tp not in consumer.assignment():
                     return False
                 continue
             except Exception:
@@ -389,14 +387,14 @@ class ConsumerLoop:
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets an in-flight batch finish (and commit) before its partitions are revoked."""
 
-    def __init__(self, loop: ConsumerLoop, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
-        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.loop.metrics.inc("kafka_rebalances")
+        self.loop.assigned -= set(revoked)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.loop._idle.wait(), timeout=10)
+            await asyncio.wait_for(self.loop._idle.wait(), timeout=2)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.loop.assigned = set(assigned)

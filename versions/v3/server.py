@@ -204,6 +204,11 @@ class Server(StageServer):
         msg = Message.from_dict(json.loads(rec.value))
         conv = p.parse_conv(msg.conv)
         p.check_user_id(msg.sender, "sender")
+        # A record nobody of ours wrote (the topics are open to any producer) is bad input.
+        if conv.kind == "dm" and msg.sender not in conv.members:
+            raise ValueError(f"{msg.sender} is not in {conv.id}")
+        if conv.kind == "group" and not await self.store.is_member(conv.group_id, msg.sender):
+            raise ValueError(f"{msg.sender} is not a member of {conv.id}")
         stored, duplicate = await self.store.append(msg, index_for=conv.members)
         if duplicate:  # a retried client_msg_id: stored and delivered the first time
             self.metrics.inc("kafka_duplicates")

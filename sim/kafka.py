@@ -331,14 +331,19 @@ class Consumer(Generic[V]):
         """Records in the assigned partitions not fetched yet."""
         return sum(p.end_offset - self._current(p) for p in self.position)
 
-    def commit(self) -> None:
-        """Commit the positions to the group (what a successor resumes from)."""
+    def commit(self, partitions: Iterable[Partition[V]] | None = None) -> None:
+        """Commit the positions (of `partitions`, default all assigned) to the group:
+        what a successor resumes from."""
         if self.group is not None:
-            self.group.commit(self)
+            self.group.commit(self, partitions)
 
     def poll(self) -> Process:
         """One fetch; the process ends with the list of records (possibly empty)."""
         return self.env.process(self._poll())
+
+    def poll_steps(self) -> Generator[Event, Any, list[Record[V]]]:
+        """`poll` as steps to `yield from` in the consumer's own process."""
+        return self._poll()
 
     def _poll(self) -> Generator[Event, Any, list[Record[V]]]:
         env, broker = self.env, self.broker
@@ -439,10 +444,13 @@ class ConsumerGroup:
 
         return self.env.process(expire())
 
-    def commit(self, consumer: Consumer[Any]) -> None:
-        for p, pos in consumer.position.items():
-            if self.owner.get(p) is consumer:
-                self._committed[p] = (p.epoch, pos)
+    def commit(
+        self, consumer: Consumer[Any], partitions: Iterable[Partition[Any]] | None = None
+    ) -> None:
+        position = consumer.position
+        for p in position if partitions is None else partitions:
+            if p in position and self.owner.get(p) is consumer:
+                self._committed[p] = (p.epoch, position[p])
 
     def committed(self, p: Partition[Any]) -> int:
         """The committed offset of `p` in its current epoch (the log start if none)."""

@@ -65,6 +65,9 @@ class Params:
     # Redis: one single-threaded server.
     redis_link: Dist = Dist(0.00005, 0.3)
     redis_op: Dist = Dist(0.000037, 0.5)
+    redis_pipelined_op: Dist = Dist(0.0000046, 0.5)
+    """each further command of a pipeline (the relay's PUBLISHes): an eighth of a
+    command, the ratio of pipelined to sequential throughput in FACTS.md"""
     redis_timeout: float = 5.0
     """the servers' redis-py socket_timeout: a call with no answer fails after this"""
     # Kafka (FACTS.md: fetch_max_wait 10 ms gives p50 3-5 ms end to end).

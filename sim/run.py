@@ -240,8 +240,10 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         f"conversations ({len(traced_users):,} users) into {run_dir}"
     )
     began = time.perf_counter()
+    cpu_began = time.process_time()
     model.run(progress=say)
     sim_wall = time.perf_counter() - began
+    sim_cpu = time.process_time() - cpu_began
     events = next(model.env._eid)  # SimPy's count of scheduled events (its event ids)
     drain_end = model.drain_end or model.env.now
     population = population_figures(model)
@@ -277,6 +279,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "simulated_seconds": round(drain_end, 3),
         "send_window": [model.send_start, model.send_end],
         "wall_seconds": round(sim_wall, 3),
+        "cpu_seconds": round(sim_cpu, 3),
         "simpy_events": events,
         "events_per_s": round(events / sim_wall) if sim_wall else None,
         "messages": len(model.ledger),
@@ -306,7 +309,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     metrics: dict[str, Any] = {}
     lines = [
-        f"simulated {drain_end:,.1f}s in {sim_wall:,.1f}s wall "
+        f"simulated {drain_end:,.1f}s in {sim_wall:,.1f}s wall ({sim_cpu:,.1f}s CPU) "
         f"({drain_end / sim_wall if sim_wall else 0:,.1f}x real time), {events:,} SimPy events "
         f"({sim_info['events_per_s'] or 0:,}/s), {len(model.ledger):,} messages, "
         f"peak RSS {sim_info['peak_rss_mb']:,.0f} MB",

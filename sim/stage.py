@@ -281,6 +281,7 @@ class StageModel:
         self.d_relay = sampler(params.node_relay)
         self.d_verify = sampler(params.token_verify)
         self.d_redis_op = sampler(params.redis_op)
+        self.d_redis_pipelined = sampler(params.redis_pipelined_op)
         self.d_worker = sampler(params.worker_record)
         self.d_loadgen = sampler(params.loadgen_event)
         self.redis_link = params.redis_link.mean  # constant: keeps Redis arrivals in call order
@@ -370,7 +371,9 @@ class StageModel:
         env = self.env
         t0 = env.now
         link = self.redis_link
-        service = self.d_redis_op() if ops == 1 else sum(self.d_redis_op() for _ in range(ops))
+        service = self.d_redis_op()
+        if ops > 1:
+            service += sum(self.d_redis_pipelined() for _ in range(ops - 1))
         try:
             done = self.redis.serve(t0 + link, service)
         except Refused as r:
@@ -411,16 +414,16 @@ class StageModel:
         conns = [c for u in users if (c := local.get(u)) is not None]
         if not conns and not before:
             return now
-        draw = self.d_push
-        costs = [draw() for _ in conns]
+        # One draw per job, times the connections: the emits of one job cost alike.
+        each = self.d_push()
         try:
-            done = node.cpu.serve(now, before + sum(costs))
+            done = node.cpu.serve(now, before + each * len(conns))
         except Refused:
             return now
-        t = done - sum(costs)
+        t = done - each * len(conns)
         sender = msg.sender
-        for conn, cost in zip(conns, costs, strict=True):
-            t += cost
+        for conn in conns:
+            t += each
             if conn.user.idx != sender:
                 self.ledger.pushed[msg.mid] = 1
             self.transmit(conn, msg, t)
@@ -863,7 +866,7 @@ class StageModel:
         group = self.group
         assert group is not None
         while node.alive:
-            records = yield consumer.poll()
+            records = yield from consumer.poll_steps()
             if not node.alive:
                 return
             if not records:
@@ -876,10 +879,10 @@ class StageModel:
             if not node.alive:
                 return
             yield env.timeout(2 * self.p.kafka_link.mean)  # the commit's round trip
-            consumer.commit()
             assert self.broker is not None
-            for topic, index in parts:
-                p = self.broker.topics[topic].partitions[index]
+            handled = [self.broker.topics[t].partitions[i] for t, i in parts]
+            consumer.commit(handled)
+            for p in handled:
                 p.trim(group.committed(p))
 
     def _partition(

@@ -343,10 +343,11 @@ def findings(results: dict[str, Any]) -> list[str]:
             "machine) took over a quarter of a core: those cells' latencies are inflated."
         )
     if busy:
+        judged = sum(1 for c in cells.values() if c.get("status") == "ok")
         out.append(
-            "- The machine's two cores were over 80% busy in: " + ", ".join(busy) + ". "
-            "There, generator and stage competed for CPU, so the stage's figures are a "
-            "lower bound of what it does on its own cores."
+            f"- The machine's cores were over 80% busy in {len(busy)} of {judged} cells "
+            "(flag *m*): there generator, stage and other work competed for CPU, so the "
+            "stage's figures are a lower bound of what it does on cores of its own."
         )
     return out
 

@@ -269,251 +269,312 @@ def build_plan(opts: LoadOptions, endpoints: list[str], run_dir: Path, churn: fl
 
 def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
     """Carry out one load run and judge it; raises LoadRunError/PlanError when it cannot."""
-    from imlab.cli import new_run_dir
-    from reports.checker import check, summary_table
+    return LoadRun(opts, out or sys.stdout).execute()
 
-    out = out or sys.stdout
-    say = _Progress(out, opts.quiet)
-    if opts.rate <= 0 or opts.duration <= 0:
-        raise PlanError("rate and duration must be positive")
-    check_scenario(opts.scenario, opts.users, opts.group_size)
-    fault_plan = parse_faults(opts.faults)
-    churn = opts.churn
-    if churn is None:
-        churn = fault_plan.churn or (1.0 if opts.scenario == "churn" else 0.0)
-    spec = opts.cluster or ClusterSpec(opts.stage)
-    run_dir = opts.run_dir or new_run_dir("load", opts.stage, opts.runs_root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loadgen = run_dir / "loadgen"
-    loadgen.mkdir(exist_ok=True)
-    processes = opts.processes or os.cpu_count() or 1
-    spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
 
-    cluster = Cluster(spec, run_dir)
-    locust: LocustProcess | None = None
-    live_faults: Any = None
-    sampler: CpuSampler | None = None
-    warnings: list[str] = []
-    times: dict[str, float] = {"begin": time.time()}
-    send_start = send_end = drain_end = math.nan
-    groups: dict[str, list[str]] = {}
-    features: set[str] = set()
-    status: dict[str, Any] = {}
-    locust_code: int | None = None
-    plan: LoadPlan | None = None
-    argv: list[str] = []
-    saved_drop = os.environ.get("IMLAB_KAFKA_DROP")
-    try:
-        say.say(f"starting {opts.stage} into {run_dir} ...")
-        if fault_plan.kafka_loss:
-            os.environ["IMLAB_KAFKA_DROP"] = str(fault_plan.kafka_loss)
-        cluster.start()
-        times["cluster_up"] = time.time()
-        plan = build_plan(opts, cluster.endpoints, run_dir, churn)
-        features, groups = asyncio.run(
-            _setup(plan, cluster, run_dir / "history-setup.jsonl", spec.secret)
+class LoadRun:
+    """One run's steps, in order; `execute()` stops every process it started, whatever
+    happens, and judges the run only when all steps went through."""
+
+    def __init__(self, opts: LoadOptions, out: TextIO) -> None:
+        from imlab.cli import new_run_dir
+
+        if opts.rate <= 0 or opts.duration <= 0:
+            raise PlanError("rate and duration must be positive")
+        check_scenario(opts.scenario, opts.users, opts.group_size)
+        self.opts = opts
+        self.say = _Progress(out, opts.quiet)
+        self.faults = parse_faults(opts.faults)
+        churn = opts.churn
+        if churn is None:
+            churn = self.faults.churn or (1.0 if opts.scenario == "churn" else 0.0)
+        self.churn = churn
+        self.spec = opts.cluster or ClusterSpec(opts.stage)
+        self.run_dir = opts.run_dir or new_run_dir("load", opts.stage, opts.runs_root)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.loadgen = self.run_dir / "loadgen"
+        self.loadgen.mkdir(exist_ok=True)
+        self.processes = opts.processes or os.cpu_count() or 1
+        self.spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
+        self.cluster = Cluster(self.spec, self.run_dir)
+        self.plan: LoadPlan | None = None
+        self.features: set[str] = set()
+        self.locust: LocustProcess | None = None
+        self.locust_code: int | None = None
+        self.argv: list[str] = []
+        self.sampler: CpuSampler | None = None
+        self.live_faults: Any = None
+        self.status: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.times: dict[str, float] = {"begin": time.time()}
+        self.send_start = self.send_end = self.drain_end = math.nan
+
+    # ------------------------------------------------------------ the steps
+
+    def execute(self) -> LoadResult:
+        saved_drop = os.environ.get("IMLAB_KAFKA_DROP")
+        try:
+            if self.faults.kafka_loss:  # the v3/v4 producers read it at start
+                os.environ["IMLAB_KAFKA_DROP"] = str(self.faults.kafka_loss)
+            self._start_stage()
+            self._start_locust()
+            self._await_users()
+            self._send_window()
+            self._drain()
+            self._final_sync()
+        finally:
+            self._stop()
+            if saved_drop is None:
+                os.environ.pop("IMLAB_KAFKA_DROP", None)
+            else:
+                os.environ["IMLAB_KAFKA_DROP"] = saved_drop
+        return self._judge()
+
+    def _start_stage(self) -> None:
+        self.say.say(f"starting {self.opts.stage} into {self.run_dir} ...")
+        self.cluster.start()
+        self.times["cluster_up"] = time.time()
+        plan = build_plan(self.opts, self.cluster.endpoints, self.run_dir, self.churn)
+        history = self.run_dir / "history-setup.jsonl"
+        self.features, plan.groups = asyncio.run(
+            _setup(plan, self.cluster, history, self.spec.secret)
         )
-        plan.groups = groups
-        plan.user_group = {u: gid for gid, members in groups.items() for u in members}
-        plan_path = loadgen / "plan.json"
-        plan.save(plan_path)
-        times["setup_done"] = time.time()
-        if groups:
-            say.say(f"created {len(groups)} group(s) of {plan.expected_fanout() + 1:.1f} members")
+        plan.user_group = {u: gid for gid, members in plan.groups.items() for u in members}
+        plan.save(self.loadgen / "plan.json")
+        self.plan = plan
+        self.times["setup_done"] = time.time()
+        if plan.groups:
+            size = plan.expected_fanout() + 1
+            self.say.say(f"created {len(plan.groups)} group(s), {size:.1f} members on average")
 
+    def _start_locust(self) -> None:
+        assert self.plan is not None
+        opts = self.opts
         env = dict(os.environ)
-        env[PLAN_ENV] = str(plan_path.resolve())
-        env["IMLAB_SECRET"] = spec.secret
+        env[PLAN_ENV] = str((self.loadgen / "plan.json").resolve())
+        env["IMLAB_SECRET"] = self.spec.secret
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
-        first = plan.shape.step if plan.shape else opts.users
-        ramp = plan.shape.ramp_seconds(opts.users) if plan.shape else 0.0
-        connect_budget = 30.0 + 2.0 * opts.users / spawn_rate
         master_port = free_port()
-        safety = connect_budget + ramp + opts.duration + opts.max_drain + 120.0
-        argv = [
+        safety = self._connect_budget() + self._ramp() + opts.duration + opts.max_drain + 120.0
+        self.argv = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-            "--processes", str(processes), "-u", str(opts.users), "-r", f"{spawn_rate:g}",
-            "-t", f"{math.ceil(safety)}s", "--csv", str(run_dir / "locust"),
-            "--html", str(run_dir / "locust.html"), "--only-summary",
-            "--exit-code-on-error", "0", "--loglevel", "WARNING",
+            "--processes", str(self.processes), "-u", str(opts.users),
+            "-r", f"{self.spawn_rate:g}", "-t", f"{math.ceil(safety)}s",
+            "--csv", str(self.run_dir / "locust"), "--html", str(self.run_dir / "locust.html"),
+            "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING",
             # its own loopback port: concurrent runs must not share a master (default *:5557)
             "--master-bind-host", LOOPBACK, "--master-bind-port", str(master_port),
             "--master-host", LOOPBACK, "--master-port", str(master_port),
         ]  # fmt: skip
-        locust = LocustProcess(argv, env, cluster.logs / "locust.log")
-        sampler = CpuSampler(
+        self.locust = LocustProcess(self.argv, env, self.cluster.logs / "locust.log")
+        locust, cluster = self.locust, self.cluster
+        self.sampler = CpuSampler(
             {
-                "load_generator": lambda: process_tree(locust.pid if locust else None),
+                "load_generator": lambda: process_tree(locust.pid),
                 "stage": lambda: [pid for s in cluster.services() for pid in process_tree(s.pid)],
                 "runner": lambda: [os.getpid()],
             }
         ).start()
 
-        def snapshot() -> dict[str, Any]:
-            nonlocal status
-            status = total_status(read_status(loadgen))
-            if locust is not None and not locust.running():
-                raise LoadRunError(
-                    f"Locust exited early (code {locust.proc.returncode}); "
-                    f"log {locust.log_path}:\n{locust.log_tail()}"
-                )
-            return status
-
-        def gen_cpu() -> str:
-            if not sampler or not sampler.samples:
-                return "-"
-            last = sampler.samples[-1].groups.get("load_generator", {})
-            return f"{max(last.values(), default=0.0):.0f}%/proc"
-
-        # 1. every user (of the first step) connected
-        say.say(f"locust: {processes} worker process(es), {opts.users} users; connecting ...")
-        deadline = time.time() + connect_budget
+    def _await_users(self) -> None:
+        """Until every user (of the first step, with a shape) has connected."""
+        opts = self.opts
+        first = self.plan.shape.step if self.plan and self.plan.shape else opts.users
+        self.say.say(
+            f"locust: {self.processes} worker process(es), {opts.users} users; connecting ..."
+        )
+        deadline = time.time() + self._connect_budget()
         while True:
-            st = snapshot()
+            st = self._snapshot()
             if st.get("ever_connected", 0) + st.get("connect_failed", 0) >= first:
                 break
             if time.time() > deadline:
-                warnings.append(
+                self.warnings.append(
                     f"only {st.get('ever_connected', 0)} of {first} users connected in time"
                 )
                 break
             time.sleep(0.2)
-        if status.get("connect_failed"):
-            warnings.append(f"{status['connect_failed']} users could not connect")
-        times["connected"] = time.time()
+        if self.status.get("connect_failed"):
+            self.warnings.append(f"{self.status['connect_failed']} users could not connect")
+        self.times["connected"] = time.time()
 
-        # 2. the send window
-        send_start = time.time() + 0.5
-        send_end = send_start + ramp + opts.duration
-        _write_control(loadgen, {"send_start": send_start, "send_end": send_end, "final": False})
-        if fault_plan:
-            live_faults = _start_live_faults(cluster, fault_plan, run_dir, send_start, warnings)
-        total = send_end - send_start
-        say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")
-        while time.time() < send_end:
-            st = snapshot()
-            elapsed = time.time() - send_start
-            say.tick(_status_line("send", max(0.0, elapsed), total, st, gen_cpu()))
+    def _send_window(self) -> None:
+        opts = self.opts
+        self.send_start = time.time() + 0.5
+        self.send_end = self.send_start + self._ramp() + opts.duration
+        self._control(final=False)
+        if self.faults:
+            self.live_faults = _start_live_faults(
+                self.cluster, self.faults, self.run_dir, self.send_start, self.warnings
+            )
+        total = self.send_end - self.send_start
+        self.say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")
+        while time.time() < self.send_end:
+            st = self._snapshot()
+            elapsed = max(0.0, time.time() - self.send_start)
+            self.say.tick(_status_line("send", elapsed, total, st, self._gen_cpu()))
             time.sleep(0.2)
+        self.say.end_line()
 
-        # 3. drain: wait until nothing more arrives (or the cap)
-        say.end_line()
+    def _drain(self) -> None:
+        """Until nothing more arrives for `settle` seconds (or the cap)."""
+        opts = self.opts
         last_key: tuple[Any, ...] = ()
         stable_since = time.time()
-        drain_cap = send_end + opts.max_drain
-        while time.time() < drain_cap:
-            st = snapshot()
+        while (now := time.time()) < self.send_end + opts.max_drain:
+            st = self._snapshot()
             key = (st.get("online"), *sorted(st.get("events", {}).items()))
-            now = time.time()
             if key != last_key:
                 last_key, stable_since = key, now
             elif now - stable_since >= opts.settle:
                 break
-            say.tick(_status_line("drain", now - send_end, opts.max_drain, st, gen_cpu()))
+            elapsed = now - self.send_end
+            self.say.tick(_status_line("drain", elapsed, opts.max_drain, st, self._gen_cpu()))
             time.sleep(0.25)
         else:
-            warnings.append(f"deliveries still arriving after the {opts.max_drain:g}s drain cap")
-        times["drained"] = time.time()
+            self.warnings.append(
+                f"deliveries still arriving after the {opts.max_drain:g}s drain cap"
+            )
+        self.times["drained"] = time.time()
 
-        # 4. the final catch-up by every client
-        _write_control(loadgen, {"send_start": send_start, "send_end": send_end, "final": True})
-        final_deadline = time.time() + 30.0 + opts.users / 20.0
-        while time.time() < final_deadline:
-            st = snapshot()
+    def _final_sync(self) -> None:
+        """Every client catches up (latest/sync) and closes; then judging may begin."""
+        self._control(final=True)
+        deadline = time.time() + 30.0 + self.opts.users / 20.0
+        while time.time() < deadline:
+            st = self._snapshot()
             if st.get("finished", 0) >= st.get("started", 0) > 0:
                 break
             time.sleep(0.2)
         else:
-            warnings.append(
-                f"{status.get('started', 0) - status.get('finished', 0)} users did not finish "
-                "their final sync in time"
-            )
-        drain_end = time.time()
-        say.end_line()
-        say.say(f"final sync done ({drain_end - send_end:.1f}s after the send window); stopping")
-    finally:
-        say.end_line()
-        if live_faults is not None:
-            live_faults.stop()
-        if locust is not None:
-            locust_code = locust.stop()
-        if sampler is not None:
-            sampler.stop()
-        cluster.stop()
-        if fault_plan.kafka_loss:
-            if saved_drop is None:
-                os.environ.pop("IMLAB_KAFKA_DROP", None)
-            else:
-                os.environ["IMLAB_KAFKA_DROP"] = saved_drop
-    assert plan is not None and sampler is not None
+            late = self.status.get("started", 0) - self.status.get("finished", 0)
+            self.warnings.append(f"{late} users did not finish their final sync in time")
+        self.drain_end = time.time()
+        self.say.end_line()
+        after = self.drain_end - self.send_end
+        self.say.say(f"final sync done ({after:.1f}s after the send window); stopping")
 
-    status = total_status(read_status(loadgen))
-    histories = sorted(run_dir.glob("history*.jsonl"))
-    lag = schedule_lag(histories)
-    cpu = sampler.summary(send_start, send_end)
-    verdict = generator_verdict(cpu, lag, status, planned=opts.users)
-    faults: list[dict[str, Any]] = live_faults.manifest_faults() if live_faults else []
-    for f in fault_plan.items:
-        if f.kind in ("kafka-loss", "churn"):
-            faults.append({"kind": f.kind, "target": f.target, "start": send_start,
-                           "end": send_end, "spec": f.spec()})  # fmt: skip
-    manifest: dict[str, Any] = {
-        "stage": opts.stage,
-        "scenario": opts.scenario,
-        "params": {
-            "users": opts.users,
-            "rate": opts.rate,
-            "duration": opts.duration,
-            "group_size": opts.group_size if plan.uses_groups else None,
-            "processes": processes,
-            "spawn_rate": spawn_rate,
-            "churn": asdict(plan.churn),
-            "shape": asdict(plan.shape) if plan.shape else None,
-            "seed": opts.seed,
-            "body_bytes": opts.body_bytes,
-            "max_drain": opts.max_drain,
-            "settle": opts.settle,
-            "faults": opts.faults,
-            "offered_sends_per_s": plan.offered_sends_per_s(),
-            "offered_deliveries_per_s": plan.offered_sends_per_s() * plan.expected_fanout(),
-        },
-        "started_at": send_start,
-        "ended_at": send_end,
-        "drain_end": drain_end,
-        "groups": groups,
-        "faults": faults,
-        "faults_requested": fault_plan.spec() if fault_plan else "",
-        "stage_features": sorted(features),
-        "machine": machine_info(),
-        "versions": package_versions(),
-        "cluster": {
-            k: v for k, v in cluster.manifest().items() if k not in ("machine", "versions")
-        },
-        "load_generator": {
-            "tool": "locust",
-            "processes": processes,
-            "exit_code": locust_code,
-            "command": argv,
-            "cpu": cpu.get("load_generator"),
-            "lag": lag,
-            "status": status,
-            "verdict": verdict,
-        },
-        "stage_cpu": cpu.get("stage"),
-        "machine_cpu": cpu.get("machine_pct"),
-        "other_processes_cpu_pct": cpu.get("other_processes_pct_mean"),
-        "timing": {k: round(v - times["begin"], 3) for k, v in times.items()},
-        "warnings": warnings,
-    }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    metrics = check(run_dir)
-    table = summary_table(metrics)
-    text = table + "\n" + _verdict_lines(verdict, lag, cpu, warnings)
-    say.say(text)
-    say.say(f"run folder: {run_dir}")
-    return LoadResult(run_dir, manifest, metrics, verdict, text, warnings)
+    def _stop(self) -> None:
+        self.say.end_line()
+        if self.live_faults is not None:
+            self.live_faults.stop()
+        if self.locust is not None:
+            self.locust_code = self.locust.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
+        self.cluster.stop()
+
+    # ------------------------------------------------------------ the verdict
+
+    def _judge(self) -> LoadResult:
+        from reports.checker import check, summary_table
+
+        assert self.plan is not None and self.sampler is not None
+        self.status = total_status(read_status(self.loadgen))
+        lag = schedule_lag(sorted(self.run_dir.glob("history*.jsonl")))
+        cpu = self.sampler.summary(self.send_start, self.send_end)
+        verdict = generator_verdict(cpu, lag, self.status, planned=self.opts.users)
+        manifest = self._manifest(cpu, lag, verdict)
+        (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        metrics = check(self.run_dir)
+        text = summary_table(metrics) + "\n" + _verdict_lines(verdict, lag, cpu, self.warnings)
+        self.say.say(text)
+        self.say.say(f"run folder: {self.run_dir}")
+        return LoadResult(self.run_dir, manifest, metrics, verdict, text, self.warnings)
+
+    def _manifest(
+        self, cpu: dict[str, Any], lag: dict[str, Any], verdict: dict[str, Any]
+    ) -> dict[str, Any]:
+        opts, plan = self.opts, self.plan
+        assert plan is not None
+        faults: list[dict[str, Any]] = (
+            self.live_faults.manifest_faults() if self.live_faults else []
+        )
+        for f in self.faults.items:  # run-long faults, applied by the stage or the scenario
+            if f.kind in ("kafka-loss", "churn"):
+                faults.append({"kind": f.kind, "target": f.target, "start": self.send_start,
+                               "end": self.send_end, "spec": f.spec()})  # fmt: skip
+        return {
+            "stage": opts.stage,
+            "scenario": opts.scenario,
+            "params": {
+                "users": opts.users,
+                "rate": opts.rate,
+                "duration": opts.duration,
+                "group_size": opts.group_size if plan.uses_groups else None,
+                "processes": self.processes,
+                "spawn_rate": self.spawn_rate,
+                "churn": asdict(plan.churn),
+                "shape": asdict(plan.shape) if plan.shape else None,
+                "seed": opts.seed,
+                "body_bytes": opts.body_bytes,
+                "max_drain": opts.max_drain,
+                "settle": opts.settle,
+                "faults": opts.faults,
+                "offered_sends_per_s": plan.offered_sends_per_s(),
+                "offered_deliveries_per_s": plan.offered_sends_per_s() * plan.expected_fanout(),
+            },
+            "started_at": self.send_start,
+            "ended_at": self.send_end,
+            "drain_end": self.drain_end,
+            "groups": plan.groups,
+            "faults": faults,
+            "faults_requested": self.faults.spec() if self.faults else "",
+            "stage_features": sorted(self.features),
+            "machine": machine_info(),
+            "versions": package_versions(),
+            "cluster": {
+                k: v for k, v in self.cluster.manifest().items() if k not in ("machine", "versions")
+            },
+            "load_generator": {
+                "tool": "locust",
+                "processes": self.processes,
+                "exit_code": self.locust_code,
+                "command": self.argv,
+                "cpu": cpu.get("load_generator"),
+                "lag": lag,
+                "status": self.status,
+                "verdict": verdict,
+            },
+            "stage_cpu": cpu.get("stage"),
+            "machine_cpu": cpu.get("machine_pct"),
+            "other_processes_cpu_pct": cpu.get("other_processes_pct_mean"),
+            "timing": {k: round(v - self.times["begin"], 3) for k, v in self.times.items()},
+            "warnings": self.warnings,
+        }
+
+    # ------------------------------------------------------------ helpers
+
+    def _connect_budget(self) -> float:
+        return 30.0 + 2.0 * self.opts.users / self.spawn_rate
+
+    def _ramp(self) -> float:
+        shape = self.plan.shape if self.plan else None
+        return shape.ramp_seconds(self.opts.users) if shape else 0.0
+
+    def _control(self, *, final: bool) -> None:
+        control = {"send_start": self.send_start, "send_end": self.send_end, "final": final}
+        tmp = self.loadgen / ".control.tmp"
+        tmp.write_text(json.dumps(control))
+        tmp.replace(self.loadgen / "control.json")
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The Locust processes' summed status; raises if Locust has died."""
+        self.status = total_status(read_status(self.loadgen))
+        if self.locust is not None and not self.locust.running():
+            raise LoadRunError(
+                f"Locust exited early (code {self.locust.proc.returncode}); "
+                f"log {self.locust.log_path}:\n{self.locust.log_tail()}"
+            )
+        return self.status
+
+    def _gen_cpu(self) -> str:
+        if self.sampler is None or not self.sampler.samples:
+            return "-"
+        last = self.sampler.samples[-1].groups.get("load_generator", {})
+        return f"{max(last.values(), default=0.0):.0f}%/proc"
 
 
 def _verdict_lines(
@@ -538,12 +599,6 @@ def _verdict_lines(
     lines += [f"note                 {n}" for n in verdict["notes"]]
     lines += [f"warning              {w}" for w in warnings]
     return "\n".join(lines)
-
-
-def _write_control(loadgen: Path, control: dict[str, Any]) -> None:
-    tmp = loadgen / ".control.tmp"
-    tmp.write_text(json.dumps(control))
-    tmp.replace(loadgen / "control.json")
 
 
 def _start_live_faults(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from loadtest.plan import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
-from loadtest.runner import LoadOptions, LoadRunError, run_load
+from loadtest.runner import LoadOptions, LoadRun, LoadRunError
 
 EPILOG = "scenarios:\n" + "\n".join(f"  {name:<12} {what}" for name, what in SCENARIOS.items())
 
@@ -94,10 +94,18 @@ def cmd_load(args: argparse.Namespace) -> int:
             cluster=spec_from_args(args.stage, args),
             quiet=args.quiet,
         )
-        result = run_load(opts)
-    except (PlanError, FaultSpecError, LoadRunError, ValueError) as exc:
+        run = LoadRun(opts, sys.stdout)
+    except (PlanError, FaultSpecError, ValueError) as exc:
         print(f"imlab load: {exc}", file=sys.stderr)
         return 2
+    try:
+        result = run.execute()
+    except (PlanError, LoadRunError) as exc:
+        print(f"imlab load: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: everything stopped; unjudged run folder {run.run_dir}")
+        return 130
     if args.quiet:
         print(result.summary)
         print(f"run folder: {result.run_dir}")

@@ -38,6 +38,7 @@ STATUS_EVERY_S = 0.5
 GAP_PATIENCE_S = 0.5  # a seq gap older than this is repaired with sync
 LATE_S = 0.1  # a send this far behind its schedule counts as late
 CONNECT_ATTEMPTS = 5
+RETRY_S = 0.5  # a failed return is tried again after this long
 
 
 class AckError(Exception):
@@ -369,10 +370,13 @@ class ChatUser(User):
             else:
                 self.w.stats["skipped_offline"] += 1
             k += 1
+        self.back_at = min(self.back_at, time.time())  # the send window is over: come back
+        while not self.w.final.wait(HOUSEKEEPING_S):
+            if not self.client.online and time.time() >= self.back_at:
+                self._come_back()
+            self._repair_gaps(time.time())
         if not self.client.online:
             self._come_back()
-        while not self.w.final.wait(HOUSEKEEPING_S):
-            self._repair_gaps(time.time())
         self._finish(final_sync=True)
 
     def _wait_until(self, t: float, send_end: float) -> None:
@@ -399,7 +403,8 @@ class ChatUser(User):
             self.next_drop = math.inf
         elif not self.client.online and now >= self.back_at:
             self._come_back()
-            self.next_drop = time.time() + self.churn.online_for()
+            if self.client.online:
+                self.next_drop = time.time() + self.churn.online_for()
 
     def _come_back(self) -> None:
         assert self.client is not None
@@ -407,8 +412,9 @@ class ChatUser(User):
         began = time.time()
         try:
             self.client.come_back()
-        except Exception as exc:
+        except Exception as exc:  # the stage refused or is unreachable: try again soon
             self._report("reconnect", began, exc)
+            self.back_at = time.time() + RETRY_S
             return
         self._report("reconnect", began, None)
         self.w.stats["online"] += 1

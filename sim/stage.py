@@ -250,7 +250,6 @@ class StageModel:
         traced: Iterable[int] = (),
         history: History | None = None,
         seed: int = 1,
-        warmup: float = 1.0,
         max_drain: float = 30.0,
         settle: float = 1.5,
     ) -> None:
@@ -261,8 +260,8 @@ class StageModel:
         self.history = history
         self.env = simpy.Environment()
         self.rng = random.Random(f"{seed}/model")
-        self.send_start = warmup
-        self.send_end = warmup + scenario.duration
+        self.send_start = math.inf  # set when the window opens (everybody connected)
+        self.send_end = math.inf
         self.max_drain = max_drain
         self.settle = settle
         self.final_at = math.inf
@@ -305,7 +304,7 @@ class StageModel:
         else:
             self.loadgens = []
         self.ledger = Ledger()
-        self.counts = Counts(self.send_start)
+        self.counts = Counts(0.0)
         self.traced_msgs: dict[int, Msg] = {}  # stored traced messages, for sync pages
         self.in_flight = 0
         self.redis_done = 0.0  # when the Redis command whose effect is running finishes
@@ -324,7 +323,6 @@ class StageModel:
             self.group = ConsumerGroup(
                 self.broker, f"imlab-{self.stage}", session_timeout=params.kafka_session_timeout
             )
-        self._apply_faults()
         self.setup()
 
     # ------------------------------------------------------------ stage hooks
@@ -959,10 +957,11 @@ class StageModel:
             delay = min(delay * 2, self.p.reconnect_max)
 
     def start(self) -> None:
-        """Connect everybody, create groups, start the send clock, churn and the final."""
-        env = self.env
+        """Connect everybody (spread like Locust's spawn rate: users/2 per second, at
+        least 10), and record the groups the setup created."""
+        spread = len(self.users) / max(10.0, len(self.users) / 2.0)
         for user in self.users:
-            self.at(0.5 * self.rng.random() * self.send_start, partial(self._first, user))
+            self.at(spread * self.rng.random(), partial(self._first, user))
         if self.history is not None:
             for conv in self.convs:
                 if conv.traced and conv.gid is not None:
@@ -970,7 +969,15 @@ class StageModel:
                     self.history.group(
                         0.0, creator, conv.gid, [self.users[m].name for m in conv.members]
                     )
-        env.process(self._send_clock())
+
+    def open_window(self, t: float) -> None:
+        """The send window opens at `t` (as the runner opens it once everybody is
+        connected): faults are timed from here; the send clock and churn start."""
+        self.send_start = t
+        self.send_end = t + self.sc.duration
+        self.counts.base = t
+        self._apply_faults()
+        self.env.process(self._send_clock())
         for u in self.sc.churners:
             user = self.users[u]
             user.churn = self.sc.churn_clock(u)
@@ -1032,6 +1039,15 @@ class StageModel:
         self.start()
         env = self.env
         t = 0.0
+        connect_cap = 30.0 + 4.0 * len(self.users) / max(10.0, len(self.users) / 2.0)
+        while t < connect_cap and self.counts.c.get("connects", 0) < len(self.users):
+            t += 0.25
+            env.run(until=t)
+            if progress:
+                progress(self)
+        t += 0.5  # the runner opens the window half a second after the last connect
+        env.run(until=t)
+        self.open_window(t)
         while t < self.send_end:
             t = min(t + step, self.send_end)
             env.run(until=t)
@@ -1053,7 +1069,9 @@ class StageModel:
         self.final_at = t
         for user in self.users:
             self.post(user, "final", t)
-        cap = t + 30.0 + len(self.users) / 20.0
+        # The runner's own wait for the final sync, within Locust's run-time limit
+        # (`-t`: connect budget + window + drain cap + 120 s), which stops every user.
+        cap = min(t + 30.0 + len(self.users) / 20.0, self.send_end + self.max_drain + 120.0)
         while t < cap and not all(u.finished for u in self._unfinished()):
             t = min(t + 0.5, cap)
             env.run(until=t)

@@ -69,6 +69,8 @@ class Params:
     """each further command of a pipeline (the relay's PUBLISHes): an eighth of a
     command, the ratio of pipelined to sequential throughput in FACTS.md"""
     redis_timeout: float = 5.0
+    redis_pool: int = 256
+    """the servers' redis-py max_connections: calls beyond it fail at once"""
     """the servers' redis-py socket_timeout: a call with no answer fails after this"""
     # Kafka (FACTS.md: fetch_max_wait 10 ms gives p50 3-5 ms end to end).
     kafka_link: Dist = Dist(0.0005, 0.5)

@@ -71,43 +71,45 @@ class RoutingModel(StageModel):
         def record() -> None:
             self.routes[user.idx] = node
 
-        yield from self.redis_call(record)
+        yield from self.redis_call(node, record)
 
     def logout(self, node: Node, user: User) -> Steps:
         def clear_if_mine() -> None:
             if self.routes.get(user.idx) is node:
                 del self.routes[user.idx]
 
-        yield from self.redis_call(clear_if_mine)
+        yield from self.redis_call(node, clear_if_mine)
 
-    def lookup(self, members: Iterable[int]) -> Steps:
+    def lookup(self, node: Node, members: Iterable[int]) -> Steps:
         """Each member's node as Redis has it now (MGET of the routes, or v3's group record)."""
         routes = self.routes
-        found = yield from self.redis_call(lambda: [(m, routes.get(m)) for m in members])
+        found = yield from self.redis_call(node, lambda: [(m, routes.get(m)) for m in members])
         return found
 
     # ------------------------------------------------------------ delivery
 
-    def deliver(self, node: Node | None, found: list[tuple[int, Node | None]], msg: Msg) -> Steps:
-        """Push to members connected to `node` itself, relay to the other nodes."""
+    def deliver(
+        self, node: Node, found: list[tuple[int, Node | None]], msg: Msg, *, local: bool = True
+    ) -> Steps:
+        """Push to members connected to `node` itself (`local`), relay to the other nodes."""
         targets: dict[Node, list[int]] = {}
         for user, where in found:
             if where is not None:
                 targets.setdefault(where, []).append(user)
-        mine = targets.pop(node, None) if node is not None else None
+        mine = targets.pop(node, None) if local else None
         if mine:
-            yield from self.push(node, mine, msg)  # type: ignore[arg-type]
+            yield from self.push(node, mine, msg)
         if targets:
-            yield from self.relay(targets, msg)
+            yield from self.relay(node, targets, msg)
 
-    def relay(self, targets: dict[Node, list[int]], msg: Msg) -> Steps:
+    def relay(self, node: Node, targets: dict[Node, list[int]], msg: Msg) -> Steps:
         """`Relay.send`: one PUBLISH per node, in one pipeline."""
 
         def publish() -> None:
             arrive = self.redis_done + self.redis_link
             self.at(arrive, partial(self._relayed, targets, msg))
 
-        yield from self.redis_call(publish, ops=len(targets))
+        yield from self.redis_call(node, publish, ops=len(targets))
 
     def _relayed(self, targets: dict[Node, list[int]], msg: Msg) -> None:
         """The envelopes reach their nodes: each decodes its own and pushes (one CPU job)."""

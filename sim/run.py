@@ -336,8 +336,10 @@ SAMPLED_NOTE = (
     "Everything the checker computed (sends, deliveries, latency_ms, ordering, throughput, "
     "series, anomalies, summary) covers the traced conversations only (sim.trace); it is "
     "exact for them. sim.population covers every user: counts are exact, latency "
-    "percentiles come from 1%-wide histogram buckets, and its push latency counts every "
-    "first push receipt (the checker's leaves out messages that were never acked ok)."
+    "percentiles come from 1%-wide histogram buckets, and its push/sync counts and "
+    "latencies take every receipt by an expected recipient, while the checker's leave "
+    "out messages that were never acked ok (population `delivered` and `lost` do "
+    "follow the checker's definitions)."
 )
 
 

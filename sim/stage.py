@@ -118,7 +118,7 @@ class Conn:
 class Node:
     """A server, gateway or worker process: one event loop (a FIFO CPU) and a login table."""
 
-    __slots__ = ("alive", "consumer", "cpu", "index", "local", "name")
+    __slots__ = ("alive", "consumer", "cpu", "index", "local", "name", "redis_busy")
 
     def __init__(self, name: str, index: int) -> None:
         self.name = name
@@ -127,6 +127,7 @@ class Node:
         self.local: dict[int, Conn] = {}
         self.alive = True
         self.consumer: Any = None
+        self.redis_busy = 0  # Redis calls out on this process's connection pool
 
 
 class User:
@@ -359,13 +360,26 @@ class StageModel:
         done = node.cpu.serve(env.now, service)
         yield env.timeout(done - env.now)
 
-    def redis_call(self, effect: Callable[[], Any], ops: int = 1) -> Steps:
-        """One round trip to Redis; `effect` runs when Redis executes the command.
+    def redis_call(self, node: Node, effect: Callable[[], Any], ops: int = 1) -> Steps:
+        """One round trip from `node` to Redis; `effect` runs when Redis executes it.
+
+        A node has at most `redis_pool` calls out at once (redis-py's connection pool,
+        256 in the real servers): one more fails at once, as "Too many connections".
 
         A paused Redis executes it later (the call fails after the timeout, the
         effect happens anyway); a dead Redis refuses it (no effect). The link to
         Redis has a constant delay, so commands reach it in the order they are
         sent and the Redis server can be served at the moment of the call."""
+        if node.redis_busy >= self.p.redis_pool:
+            self.counts.inc("redis_pool_exhausted")
+            raise Unavailable("redis pool")
+        node.redis_busy += 1
+        try:
+            return (yield from self._redis_round_trip(effect, ops))
+        finally:
+            node.redis_busy -= 1
+
+    def _redis_round_trip(self, effect: Callable[[], Any], ops: int) -> Steps:
         env = self.env
         t0 = env.now
         link = self.redis_link
@@ -831,8 +845,8 @@ class StageModel:
 
     def handle_latest(self, node: Node, user: User) -> Steps:
         """`latest`: the user's conversations (SMEMBERS) and their seqs (MGET)."""
-        yield from self.redis_call(lambda: None)
-        seqs = yield from self.redis_call(lambda: [(c.index, c.seq) for c in user.convs])
+        yield from self.redis_call(node, lambda: None)
+        seqs = yield from self.redis_call(node, lambda: [(c.index, c.seq) for c in user.convs])
         return seqs
 
     def _sync_on(self, node: Node, *, user: User, conv: Conv, after: int) -> Steps:
@@ -841,14 +855,14 @@ class StageModel:
     def handle_sync(self, node: Node, user: User, conv: Conv, after: int) -> Steps:
         """`sync`: a membership check, then one page after `after` and the latest seq."""
         limit = self.p.sync_page
-        yield from self.redis_call(lambda: None)
+        yield from self.redis_call(node, lambda: None)
 
         def page() -> tuple[list[int], int, int, bool]:
             stored = conv.stored
             mids = stored[after : after + limit].tolist()
             return mids, after + 1, conv.seq, len(stored) > after + limit
 
-        result = yield from self.redis_call(page)
+        result = yield from self.redis_call(node, page)
         cost = sum(self.d_sync_msg() for _ in range(len(result[0])))
         if cost:
             yield from self.cpu(node, cost)

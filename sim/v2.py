@@ -30,15 +30,15 @@ class V2(StageModel):
     features = frozenset({FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY})
     uses_redis = True
 
-    def members_of(self, msg: Msg) -> Steps:
+    def members_of(self, node: Node, msg: Msg) -> Steps:
         """`Server.members_of`: a dm's two users, or the group's members from Redis."""
         if msg.conv.gid is None:
             return msg.conv.members
-        members = yield from self.redis_call(lambda: msg.conv.members)
+        members = yield from self.redis_call(node, lambda: msg.conv.members)
         return members
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
-        members = yield from self.members_of(msg)
-        seq = yield from self.redis_call(lambda: self.store_append(msg))
+        members = yield from self.members_of(node, msg)
+        seq = yield from self.redis_call(node, lambda: self.store_append(msg))
         yield from self.push(node, members, msg)
         return seq

@@ -46,7 +46,7 @@ class V3(RoutingModel):
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
-            yield from self.redis_call(lambda: None)  # check_member: SISMEMBER
+            yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
         result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)
         if not result.ok:
             raise Unavailable("kafka")
@@ -55,9 +55,9 @@ class V3(RoutingModel):
     def process(self, node: Node, msg: Msg) -> Steps:
         """`Server.process`: store with the next seq, look the members' servers up, deliver."""
         duplicate = msg.seq is not None
-        yield from self.redis_call(lambda: self.store_append(msg))
+        yield from self.redis_call(node, lambda: self.store_append(msg))
         if duplicate:
             self.counts.inc("kafka_duplicates")
             return
-        found = yield from self.lookup(msg.conv.members)
+        found = yield from self.lookup(node, msg.conv.members)
         yield from self.deliver(node, found, msg)

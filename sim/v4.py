@@ -49,8 +49,8 @@ class V4(RoutingModel):
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
-            yield from self.redis_call(lambda: None)  # check_member: SISMEMBER
-        seq = yield from self.redis_call(lambda: self.store_append(msg))
+            yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
+        seq = yield from self.redis_call(node, lambda: self.store_append(msg))
         result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)
         if not result.ok:
             raise Unavailable("kafka")  # stored with a seq, never pushed (seed problem 3)
@@ -59,6 +59,6 @@ class V4(RoutingModel):
     def process(self, node: Node, msg: Msg) -> Steps:
         """`Worker.process`: members (a group), their gateways, one envelope per gateway."""
         if msg.conv.gid is not None:
-            yield from self.redis_call(lambda: None)  # group_members: SMEMBERS
-        found = yield from self.lookup(msg.conv.members)
-        yield from self.deliver(None, found, msg)
+            yield from self.redis_call(node, lambda: None)  # group_members: SMEMBERS
+        found = yield from self.lookup(node, msg.conv.members)
+        yield from self.deliver(node, found, msg, local=False)

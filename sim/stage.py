@@ -722,7 +722,10 @@ class StageModel:
                 continue
             node.local[user.idx] = conn
             user.conn = conn
-            yield from self.login(node, user)
+            try:
+                yield from self.login(node, user)
+            except Unavailable:  # the session stays; the route was not recorded
+                self.counts.inc("route_errors")
             yield env.timeout(self.d_client())
             if not node.alive:
                 continue

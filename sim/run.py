@@ -407,6 +407,10 @@ def population_figures(model: StageModel) -> dict[str, Any]:
                 "inbox_duplicates",
                 "crashes",
                 "record_retries",
+                "route_errors",
+                "redis_pool_exhausted",
+                "relay_no_listener",
+                "kafka_duplicates",
             )
         },
         "servers": {

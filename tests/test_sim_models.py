@@ -186,3 +186,18 @@ def test_a_traced_sample_is_complete_and_the_population_is_counted_whole(
     assert pop["deliveries"]["expected"] == pop["deliveries"]["delivered"] == 400 * 5 * 7
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert len(manifest["groups"]) == 3
+
+
+def test_a_full_redis_pool_fails_calls_at_once_and_the_run_goes_on(tmp_path: Path) -> None:
+    from sim.params import DEFAULTS, Dist
+
+    params = tmp_path / "slow-redis.json"
+    DEFAULTS.with_(redis_op=Dist(0.004), redis_pool=4).save(params)
+    m = simulate(
+        tmp_path, "v4", stage="v4", scenario="group", users=96, rate=2.0, duration=5.0,
+        params=str(params),
+    )  # fmt: skip
+    pop = m["sim"]["population"]
+    assert m["sends"]["acked_error_by_code"].get("unavailable", 0) > 0
+    assert pop["clients"]["connects"] == 96
+    assert pop["clients"]["redis_pool_exhausted"] > 0

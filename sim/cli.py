@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "allows), all, or a number",
     )
     p.add_argument("--trace-events", type=int, default=TRACE_EVENTS, help="auto's budget")
+    p.add_argument("--spawn-rate", type=float, default=0.0, help="users connected per second")
     p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
@@ -98,6 +99,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             trace=args.trace,
             trace_events=args.trace_events,
             max_drain=args.max_drain,
+            spawn_rate=args.spawn_rate,
             run_dir=Path(args.run_dir) if args.run_dir else None,
             check=not args.no_check,
             quiet=args.quiet,

@@ -84,6 +84,7 @@ class SimOptions:
     trace_events: int = TRACE_EVENTS
     max_drain: float = 30.0
     settle: float = 1.5
+    spawn_rate: float = 0.0  # users connected per second; 0: as `imlab load` (users/2, >= 10)
     run_dir: Path | None = None
     runs_root: Path | None = None
     check: bool = True
@@ -208,6 +209,7 @@ def build_model(
         seed=opts.seed,
         max_drain=opts.max_drain,
         settle=opts.settle,
+        spawn_rate=opts.spawn_rate,
     )
     return model, sc, traced
 
@@ -258,6 +260,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "faults": opts.faults,
         "max_drain": opts.max_drain,
         "settle": opts.settle,
+        "spawn_rate": model.spawn_rate,
         "offered_sends_per_s": offered,
         "offered_deliveries_per_s": offered * sc.expected_fanout(),
         "nodes": len(model.nodes),

@@ -253,6 +253,7 @@ class StageModel:
         seed: int = 1,
         max_drain: float = 30.0,
         settle: float = 1.5,
+        spawn_rate: float = 0.0,
     ) -> None:
         self.sc = scenario
         self.p = params
@@ -265,6 +266,8 @@ class StageModel:
         self.send_end = math.inf
         self.max_drain = max_drain
         self.settle = settle
+        n_users = len(scenario.names)
+        self.spawn_rate = spawn_rate or max(10.0, n_users / 2.0)  # the load tool's default
         self.final_at = math.inf
         self.drain_end: float | None = None
         streams = random.Random(f"{seed}/streams")
@@ -974,9 +977,9 @@ class StageModel:
             delay = min(delay * 2, self.p.reconnect_max)
 
     def start(self) -> None:
-        """Connect everybody (spread like Locust's spawn rate: users/2 per second, at
-        least 10), and record the groups the setup created."""
-        spread = len(self.users) / max(10.0, len(self.users) / 2.0)
+        """Connect everybody, spread over users / spawn rate seconds as Locust starts
+        them, and record the groups the setup created."""
+        spread = len(self.users) / self.spawn_rate
         for user in self.users:
             self.at(spread * self.rng.random(), partial(self._first, user))
         if self.history is not None:
@@ -1056,7 +1059,7 @@ class StageModel:
         self.start()
         env = self.env
         t = 0.0
-        connect_cap = 30.0 + 4.0 * len(self.users) / max(10.0, len(self.users) / 2.0)
+        connect_cap = 30.0 + 2.0 * len(self.users) / self.spawn_rate  # the runner's budget
         while t < connect_cap and self.counts.c.get("connects", 0) < len(self.users):
             t += 0.25
             env.run(until=t)

@@ -308,7 +308,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     for f in manifest["faults"]:
         f["start"] = round(f["start"] + shift, 6)
         f["end"] = round(f["end"] + shift, 6)
-    manifest["sim"]["history_events"] = recorder.count
+    manifest["sim"]["history_events"] = sim_info["history_events"] = recorder.count
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     metrics: dict[str, Any] = {}
     lines = [

@@ -307,7 +307,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     manifest["started_at"] = writer.history.epoch(shift)
     for f in manifest["faults"]:
         f["start"] = round(f["start"] + shift, 6)
-        f["end"] = round(f["end"] + shift, 6)
+        f["end"] = min(round(f["end"] + shift, 6), writer.history.epoch(drain_end))
     manifest["sim"]["history_events"] = sim_info["history_events"] = recorder.count
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     metrics: dict[str, Any] = {}

@@ -13,11 +13,12 @@ A real run during which processes outside it used a quarter of a core or more
 busy the comparison is skipped, since it would measure the neighbours.
 
 Why 30%: on this 2-core machine the real medians of identical runs spread by
-about ±10%, the load generator shares the cores with the server, and the model
-has no notion of two cores shared by every process. Measured while building
-this test (docs/RESULTS.md): the model was within -5%..+14% at 80 sends/s and
-within +2%..+19% at 320 sends/s. Medians are compared, not tails: the real p99
-carries scheduler noise the model does not try to reproduce.
+about ±12% between sittings, the load generator shares the cores with the
+server, and the model has no notion of two cores shared by every process.
+Measured on clean runs while building this test (docs/RESULTS.md): the model
+was within -5%..+1% at 80 sends/s and +1%..+14% at 320 sends/s. Medians are
+compared, not tails: the real p99 carries scheduler noise the model does not
+try to reproduce.
 """
 
 from __future__ import annotations

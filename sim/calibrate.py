@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reports.history import HISTORY_GLOB, load_manifest
 from sim.faults import parse_faults
 from sim.params import DEFAULTS, Dist, Params
@@ -161,29 +163,56 @@ def read_run(run_dir: Path | str) -> RunFacts:
 
 
 def _fit_node_costs(runs: list[RunFacts], base: Params) -> tuple[float, float, str]:
-    """(node_request mean, node_push mean, how) from the runs' server CPU."""
-    rows = [(r.requests, r.receipts, r.node_cpu_s) for r in runs if r.node_cpu_s]
+    """(node_request mean, node_push mean, how) from the runs' server CPU.
+
+    A server burns CPU while idle (pings, timers) and gets cheaper per message as its
+    loop gets busier, so rates are fitted with an intercept where the runs allow it:
+    CPU/s = idle + a·requests/s + b·pushes/s over runs with different fan-outs, else
+    CPU/s = idle + a·(requests/s + r·pushes/s) with the default ratio r = b/a over
+    runs at different loads, else CPU over work (an upper bound)."""
+    rows = [
+        (r.requests / r.window, r.receipts / r.window, r.node_cpu_s / r.window)
+        for r in runs
+        if r.node_cpu_s
+    ]
     if not rows:
         return base.node_request.mean, base.node_push.mean, "defaults (no CPU samples)"
     ratio = base.node_push.mean / base.node_request.mean
-    fanouts = {round(p / max(q, 1), 1) for q, p, _ in rows}
-    if len(fanouts) > 1:
-        # Least squares for cpu = a * requests + b * pushes, kept non-negative.
-        sqq = sum(q * q for q, _, _ in rows)
-        spp = sum(p * p for _, p, _ in rows)
-        sqp = sum(q * p for q, p, _ in rows)
-        sqc = sum(q * c for q, _, c in rows if c)
-        spc = sum(p * c for _, p, c in rows if c)
-        det = sqq * spp - sqp * sqp
-        if det > 0:
-            a = (sqc * spp - spc * sqp) / det
-            b = (spc * sqq - sqc * sqp) / det
-            if a > 0 and b > 0:
-                return a, b, "least squares over runs with different fan-outs"
-    total_cpu = sum(c for _, _, c in rows if c)
-    units = sum(q + ratio * p for q, p, _ in rows)
-    a = total_cpu / units
-    return a, ratio * a, f"scale fitted, push/request ratio kept at {ratio:.3g}"
+    q = np.array([x[0] for x in rows])
+    p = np.array([x[1] for x in rows])
+    c = np.array([x[2] for x in rows])
+    fanouts = {round(pi / max(qi, 1e-9), 1) for qi, pi in zip(q, p, strict=True)}
+    if len(rows) >= 3 and len(fanouts) > 1:
+        coef = np.linalg.lstsq(np.column_stack([np.ones_like(q), q, p]), c, rcond=None)[0]
+        idle, a, b = (float(v) for v in coef)
+        if a > 0 and b > 0 and idle >= 0:
+            return a, b, f"rates over {len(rows)} runs: idle {idle * 100:.2f}% + requests + pushes"
+    x = q + ratio * p
+    if len(rows) >= 2 and float(np.ptp(x)) > 0.2 * float(x.mean()):
+        slope, idle = (float(v) for v in np.polyfit(x, c, 1))
+        if slope > 0:
+            return (
+                slope,
+                ratio * slope,
+                (
+                    f"slope over {len(rows)} runs at different loads (idle {idle * 100:.2f}%), "
+                    f"push/request ratio kept at {ratio:.3g}"
+                ),
+            )
+    a = float(c.sum() / x.sum())
+    return a, ratio * a, f"CPU over work, push/request ratio kept at {ratio:.3g}"
+
+
+def _fit_loadgen(runs: list[RunFacts]) -> tuple[float, str]:
+    """Locust CPU per client event (a send with its ack, or a receipt): the slope over
+    runs at different event rates where there are such runs, else CPU over events."""
+    xs = np.array([(r.sends + r.receipts) / r.window for r in runs])
+    ys = np.array([(r.loadgen_cpu_s or 0.0) / r.window for r in runs])
+    if len(runs) >= 2 and float(np.ptp(xs)) > 0.2 * float(xs.mean()):
+        slope, idle = (float(v) for v in np.polyfit(xs, ys, 1))
+        if slope > 0:
+            return slope, f"slope over {len(runs)} runs (idle {idle * 100:.2f}%)"
+    return float(ys.sum() / xs.sum()), f"CPU over events of {len(runs)} run(s)"
 
 
 def _fit_redis(runs: list[RunFacts]) -> tuple[float, str]:
@@ -235,11 +264,10 @@ def calibrate(
         source["redis_op"] = how_redis
     gen = [r for r in runs if r.loadgen_cpu_s]
     if gen:
-        events = sum(r.sends + r.receipts for r in gen)
-        changes["loadgen_event"] = Dist(
-            sum(r.loadgen_cpu_s or 0.0 for r in gen) / events, base.loadgen_event.cv
-        )
+        per_event, how_gen = _fit_loadgen(gen)
+        changes["loadgen_event"] = Dist(per_event, base.loadgen_event.cv)
         changes["loadgen_processes"] = max(r.loadgen_processes for r in gen) or 1
+        source["loadgen_event"] = how_gen
     params = base.with_(**changes)
     if fit_link:
         ref = min(runs, key=lambda r: r.users * r.rate)

@@ -48,11 +48,11 @@ class Params:
     # between a client's application and a server's handler (network and both
     # Socket.IO stacks).
     client_send_lag: Dist = Dist(0.00076, 0.93)
-    client_link: Dist = Dist(0.00071, 0.4)
+    client_link: Dist = Dist(0.00087, 0.4)
     # A server's or gateway's event loop (CPU per unit of work).
-    node_request: Dist = Dist(0.00065, 0.5)
+    node_request: Dist = Dist(0.00058, 0.5)
     """parse, dispatch and ack one request (send, latest, sync, hello)"""
-    node_push: Dist = Dist(0.000033, 0.3)
+    node_push: Dist = Dist(0.00003, 0.3)
     """emit one message to one connection"""
     node_connect: Dist = Dist(0.001, 0.5)
     """accept a connection and log it in"""
@@ -89,7 +89,7 @@ class Params:
     # The load generator, when a run of this machine is reproduced (0: every simulated
     # client is its own device, as in a scale run).
     loadgen_processes: int = 0
-    loadgen_event: Dist = Dist(0.00021, 0.5)
+    loadgen_event: Dist = Dist(0.000165, 0.5)
     """CPU of one Locust process per client event (a send and its ack, or a receipt)"""
     # The client SDK and the load tool's user (imlab/client.py, loadtest/users.py).
     call_timeout: float = 10.0

@@ -48,7 +48,7 @@ class Params:
     # between a client's application and a server's handler (network and both
     # Socket.IO stacks).
     client_send_lag: Dist = Dist(0.00076, 0.93)
-    client_link: Dist = Dist(0.00087, 0.4)
+    client_link: Dist = Dist(0.00076, 0.4)
     # A server's or gateway's event loop (CPU per unit of work).
     node_request: Dist = Dist(0.00058, 0.5)
     """parse, dispatch and ack one request (send, latest, sync, hello)"""

@@ -1,27 +1,24 @@
 """The v2 model against the real v2 under the `group` scenario at two load levels.
 
-Two short real runs are made here with the load tool's runner. The model is
-calibrated from the lower-load run only (server and Redis CPU, Locust CPU, the
-send lag, and the link delay fitted to the *ack* median), then both loads are
-simulated with the load generator modelled as its Locust processes. The
-simulated median push latency must be within TOLERANCE of the real one at both
-loads: at the first it checks what the ack fit implies for pushes, at the second
-(four times the sends) it is a prediction.
+Two short real runs are made here with the load tool's runner (80 and 320 sends/s).
+The model is calibrated from them: server, Redis and Locust CPU as slopes of CPU
+against load, the send lag, and one client link delay fitted so that the simulated
+*ack* medians match the real ones on average. The push latency is never fitted: the
+simulated median push latency at each load must be within TOLERANCE of the real one.
 
 A real run during which processes outside it used a quarter of a core or more
 (the load tool's own threshold) is made again once; if the machine stays that
 busy the comparison is skipped, since it would measure the neighbours.
 
-Why 40%: measured on clean runs while building this test (docs/RESULTS.md),
-the model was within -12%..+1% of the real median at 80 sends/s and +1%..+33%
-at 320 sends/s. The bias at the higher load is systematic: the real server and
-Locust get cheaper per message as their loops get busier (the real median even
-fell from 80 to 320 sends/s in most sittings) while the model's service times
-are constant, so it adds queueing the real system does not show. On top of
-that, real medians of identical runs spread by about ±12% between sittings on
-this 2-core machine, where the load generator shares the cores with the
-server. Medians are compared, not tails: the real p99 carries scheduler noise
-the model does not try to reproduce.
+Why 40%: on this VM the real median *falls* as load rises (busier processes and
+virtual CPUs wake up faster: 4.8 ms at 80 sends/s and 3.2 ms at 320 sends/s on a
+quiet machine, 3.0-3.6 and 2.4-3.3 ms while other sessions kept the cores busy),
+and the model's service times are constant, so its median can only rise. One
+link delay fitted to both loads sits between them: measured on the quiet machine
+the model was -20% at 80 and +23% at 320 sends/s, and within about ±15% on busy
+sittings (docs/RESULTS.md). 40% covers that with room for the run-to-run spread
+of real medians. Medians are compared, not tails: the real p99 carries scheduler
+noise the model does not try to reproduce.
 """
 
 from __future__ import annotations
@@ -72,7 +69,7 @@ def test_simulated_v2_push_median_is_near_the_real_one_at_two_loads(tmp_path: Pa
     real = [m for m, _ in runs]
     for m in real:
         assert m["deliveries"]["lost"] == 0 and m["sends"]["acked_error"] == 0
-    params = calibrate([runs[0][1]])
+    params = calibrate([run_dir for _, run_dir in runs])
     params_file = tmp_path / "params.json"
     params.save(params_file)
     report = []

@@ -53,6 +53,7 @@ __all__ = ["Conn", "Msg", "Node", "StageModel", "Unavailable", "User"]
 Steps = Generator[Any, Any, Any]
 
 OK, ERROR = 1, 2  # message status in the ledger (0: never acked)
+RETRY_BACK = 0.5  # loadtest.users.RETRY_S: a failed return is tried again after this long
 
 FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY = "dm", "groups", "history"
 
@@ -589,6 +590,8 @@ class StageModel:
                 if user.online and user.pending:
                     yield from self.catch_up(user, only=list(user.pending))
             elif action == "final":
+                if not user.online and user.churn is not None:
+                    yield from self.client_back(user)
                 if user.online:
                     yield from self.catch_up(user)
                     if user.pending:
@@ -803,7 +806,10 @@ class StageModel:
             self.counts.inc("returns")
             if self.env.now < self.send_end and user.churn is not None:
                 user.next_drop = self.env.now + user.churn.online_for()
-                self.at(user.next_drop, lambda: self.post(user, "drop", self.env.now))
+                self.at(user.next_drop, partial(self._post_now, user, "drop"))
+        else:  # refused or unreachable: the load tool's user tries again half a second later
+            user.back_at = self.env.now + RETRY_BACK
+            self.at(user.back_at, partial(self._post_now, user, "back"))
 
     def catch_up(self, user: User, only: list[int] | None = None) -> Steps:
         """The seed's rule (`ClientCore.catch_up_steps`): `latest`, then sync each

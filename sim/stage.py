@@ -13,8 +13,11 @@ happens at login, and what its consumers do.
 Time flows through SimPy processes that read like the real handlers: a request
 is a process that travels the client link, queues for the node's CPU, calls Redis
 (a round trip through the Redis server, failing with `Unavailable` as redis-py
-does after its 5 s socket timeout or at once when Redis is down), and travels
-back. Client-side behaviour mirrors `imlab.client` and `loadtest.users`:
+does after its 5 s socket timeout, or at once when Redis is down or the node's
+256-connection pool is full), and travels back. The run mirrors `imlab load`:
+everybody connects first (at the spawn rate), the send window opens, a drain
+waits until nothing moves, then every client runs its final catch-up.
+Client-side behaviour mirrors `imlab.client` and `loadtest.users`:
 - each user is one greenlet: its sends, drops, returns and gap repairs run one
   after another; a send blocks until its ack (10 s at most), and slots that came
   due meanwhile go out late (their latency counts from the slot);
@@ -23,7 +26,7 @@ back. Client-side behaviour mirrors `imlab.client` and `loadtest.users`:
   where its max seq is behind (pages of 200);
 - a push ahead of a gap waits in the inbox, and the gap is synced 0.5-0.75 s later;
 - a silent drop leaves the server pushing into a dead connection; a clean drop
-  tells the server;
+  tells the server; a failed return is tried again 0.5 s later;
 - when its node dies the client reconnects, with backoff, to the next live node.
 """
 

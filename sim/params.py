@@ -84,6 +84,12 @@ class Params:
     """after a broker restart, publishes are acked and lost until the link's watchdog
     (one check a second) notices and re-creates the topics"""
     kafka_max_records: int = 500
+    kafka_reset: float = 1.0
+    """after the stale-ack window, publishes fail while each process re-creates its
+    topics and producer (`KafkaLink._reset`)"""
+    kafka_rejoin: float = 6.0
+    """after a broker restart, consumers deliver nothing until they have rejoined the
+    group (session timeout and the broker's JoinGroup hold)"""
     # A v3 server's or v4 worker's consumer: CPU to decode and handle one record.
     worker_record: Dist = Dist(0.0005, 0.5)
     # The load generator, when a run of this machine is reproduced (0: every simulated

@@ -25,6 +25,8 @@ class RoutingModel(StageModel):
 
     def setup(self) -> None:
         self.routes: dict[int, Node] = {}
+        self.kafka_resets: list[tuple[float, float]] = []
+        self.kafka_rejoins: list[tuple[float, float]] = []
         broker, group = self.broker, self.group
         assert broker is not None and group is not None
         dm = broker.topic(self.dm_topic, self.dm_partitions)
@@ -51,6 +53,36 @@ class RoutingModel(StageModel):
 
     dm_topic = "im.dm"
     dm_partitions = 8
+
+    def publish(self, msg: Msg) -> Steps:
+        """`KafkaLink.publish`: fails at once while the link re-creates its producer after
+        a broker restart (the watchdog noticed the lost sentinel topic)."""
+        now = self.env.now
+        for start, end in self.kafka_resets:
+            if start <= now < end:
+                yield self.env.timeout(self.p.kafka_link.mean)
+                return False
+        result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)
+        return result.ok
+
+    def consumers_back_at(self) -> float:
+        now = self.env.now
+        for start, end in self.kafka_rejoins:
+            if start <= now < end:
+                return end
+        return now
+
+    def _apply_faults(self) -> None:
+        super()._apply_faults()
+        p, base = self.p, self.send_start
+        self.kafka_resets = []
+        self.kafka_rejoins = []
+        for b in self.faults.broker_downs:
+            back = base + b.end
+            self.kafka_resets.append(
+                (back + p.kafka_stale_window, back + p.kafka_stale_window + p.kafka_reset)
+            )
+            self.kafka_rejoins.append((back, back + p.kafka_rejoin))
 
     def consumer_nodes(self) -> list[Node]:
         """The processes that run a consumer (v3: every server; v4: the workers)."""

@@ -893,6 +893,10 @@ class StageModel:
         group = self.group
         assert group is not None
         while node.alive:
+            rejoin = self.consumers_back_at()
+            if rejoin > env.now:  # the broker lost the group: the consumer rejoins first
+                yield env.timeout(rejoin - env.now)
+                continue
             records = yield from consumer.poll_steps()
             if not node.alive:
                 return
@@ -937,6 +941,10 @@ class StageModel:
     def at(self, t: float, fn: Callable[[], None]) -> None:
         ev = self.env.timeout(max(0.0, t - self.env.now))
         ev.callbacks.append(lambda _e: fn())
+
+    def consumers_back_at(self) -> float:
+        """When consumers fetch again after a broker restart (now if they are not waiting)."""
+        return self.env.now
 
     def _apply_faults(self) -> None:
         base = self.send_start

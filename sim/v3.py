@@ -47,8 +47,8 @@ class V3(RoutingModel):
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
             yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
-        result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)
-        if not result.ok:
+        published = yield from self.publish(msg)
+        if not published:
             raise Unavailable("kafka")
         return None  # acked once Kafka has it; the seq comes later, from the consumer
 

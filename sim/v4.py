@@ -51,8 +51,8 @@ class V4(RoutingModel):
         if msg.conv.gid is not None:
             yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
         seq = yield from self.redis_call(node, lambda: self.store_append(msg))
-        result = yield from msg.conv.topic.publish_steps(msg.conv.cid, msg)
-        if not result.ok:
+        published = yield from self.publish(msg)
+        if not published:
             raise Unavailable("kafka")  # stored with a seq, never pushed (seed problem 3)
         return seq
 

@@ -1,4 +1,4 @@
-# Two commands: `make demo` runs the main job, `make test` passes the tests.
+# Two commands: `make demo` runs the main job (imlab compare --quick), `make test` passes the tests.
 # Both create .venv and install the project (with its dev extra) when needed.
 PY ?= python3
 VENV := .venv
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/imlab demo
+	$(BIN)/imlab compare --quick
 
 test: $(STAMP)
 	$(BIN)/pytest -q

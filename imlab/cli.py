@@ -24,7 +24,7 @@ from imlab.services import RedisService, install_signal_handlers, stop_all
 Command = Callable[[argparse.Namespace], int]
 
 # Modules with `register(subparsers)` adding their own subcommands.
-_PLUGINS: list[str] = ["loadtest.cli", "reports.cli", "sim.cli"]
+_PLUGINS: list[str] = ["loadtest.cli", "reports.cli", "sim.cli", "imlab.compare"]
 
 
 def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:
@@ -251,7 +251,7 @@ async def _demo(run_dir: Path) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job (for now: a scripted three-person conversation on v2)."""
+    """A scripted three-person conversation on v2: the seed's 老王 story, with a drop."""
     return asyncio.run(_demo(new_run_dir("demo", "v2")))
 
 
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     t.set_defaults(func=cmd_token)
 
-    d = sub.add_parser("demo", help="the main job: see README")
+    d = sub.add_parser("demo", help="a scripted conversation on v2 with a drop and a catch-up")
     d.set_defaults(func=cmd_demo)
 
     for module in _PLUGINS:

@@ -41,6 +41,10 @@ QUICK_FAULTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Client-facing nodes per stage, the same in real and simulated runs.
+NODES = {"v3": 3, "v4": 2}
+
+
 @dataclass(frozen=True)
 class Case:
     """One run of the comparison."""
@@ -103,6 +107,7 @@ def plan_cases(
 def run_case(case: Case, run_dir: Path, seed: int) -> Path:
     """Carry out one case into `run_dir`; returns the run folder (with metrics.json)."""
     if case.kind == "real":
+        from imlab.cluster import ClusterSpec
         from loadtest.runner import LoadOptions, run_load
 
         opts = LoadOptions(
@@ -116,6 +121,7 @@ def run_case(case: Case, run_dir: Path, seed: int) -> Path:
             run_dir=run_dir,
             max_drain=10.0,
             quiet=True,
+            cluster=ClusterSpec(case.stage, servers=NODES.get(case.stage, 1)),
         )
         return run_load(opts, out=io.StringIO()).run_dir
     from sim.run import SimOptions, run_sim
@@ -130,6 +136,8 @@ def run_case(case: Case, run_dir: Path, seed: int) -> Path:
         seed=seed,
         run_dir=run_dir,
         quiet=True,
+        servers=NODES.get("v3") if case.stage == "v3" else None,
+        gateways=NODES.get("v4") if case.stage == "v4" else None,
     )
     return run_sim(sim_opts, out=io.StringIO()).run_dir
 

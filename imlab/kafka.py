@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -95,6 +97,8 @@ class KafkaLink:
         # Per process: a shared one, re-created by the first process to notice a broker
         # restart, would hide the restart from every other process.
         self.sentinel = SENTINEL_PREFIX + client_id
+        self.drop_rate = float(os.environ.get("IMLAB_KAFKA_DROP") or 0.0)
+        self._drop_rng = random.Random()
         metrics.gauge("kafka_connected", lambda: float(self.connected), "broker reachable")
         metrics.gauge("kafka_epoch", lambda: float(self.epoch), "broker (re)starts seen")
 
@@ -128,8 +132,16 @@ class KafkaLink:
         self.metrics.inc("kafka_topics_ensured")
         self._ensured.add(name)
 
-    async def publish(self, topic: str, key: str, value: bytes) -> RecordMetadata:
-        """Send one record and wait for the broker's ack."""
+    async def publish(self, topic: str, key: str, value: bytes) -> RecordMetadata | None:
+        """Send one record and wait for the broker's ack.
+
+        Fault injection: with probability `IMLAB_KAFKA_DROP` (read at start-up) the
+        record is silently not sent and the caller is told it was: the seed's failed
+        publish with no receipt. Returns None then; `kafka_dropped` counts it.
+        """
+        if self.drop_rate > 0 and self._drop_rng.random() < self.drop_rate:
+            self.metrics.inc("kafka_dropped")
+            return None
         producer = self._producer
         if producer is None:
             self.metrics.inc("kafka_publish_errors")

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from imlab import protocol as p
 from imlab.metrics import Metrics
 from imlab.protocol import ErrorCode, ProtocolError
+from imlab.store import MessageStore
 
 log = logging.getLogger("imlab.server")
 
@@ -235,6 +236,30 @@ class StageServer:
 
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.shutdown()
+
+
+class HistoryServer(StageServer):
+    """A stage with stored history (v2 on): `latest` and `sync` read the Redis store the
+    same way in every such stage; only members of a conversation may read it."""
+
+    store: MessageStore
+
+    async def latest(self, user: str) -> dict[str, Any]:
+        return p.ok_ack(seqs=await self.store.latest(user))
+
+    async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
+        if req.conv.kind == "dm":
+            if user not in req.conv.members:
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not in {req.conv.id}")
+        elif not await self.store.is_member(req.conv.group_id, user):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
+        messages, latest, has_more = await self.store.sync(req.conv.id, req.after_seq, req.limit)
+        return p.ok_ack(
+            conv=req.conv.id,
+            messages=[m.to_dict() for m in messages],
+            latest_seq=latest,
+            has_more=has_more,
+        )
 
 
 def _unsupported(what: str) -> ProtocolError:

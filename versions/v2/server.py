@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 
 from imlab import protocol as p
 from imlab.protocol import ErrorCode, ProtocolError
-from imlab.server import StageServer, base_parser, serve
+from imlab.server import HistoryServer, base_parser, serve
 from imlab.store import MessageStore, new_message
 
 
-class Server(StageServer):
+class Server(HistoryServer):
     stage = "v2"
     features = frozenset({p.FEATURE_DM, p.FEATURE_GROUPS, p.FEATURE_HISTORY})
 
@@ -59,23 +59,6 @@ class Server(StageServer):
                   "members": list(req.members), "creator": user}  # fmt: skip
         await self.push(req.members, p.GROUP_CREATED, notice)
         return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
-
-    async def latest(self, user: str) -> dict[str, Any]:
-        return p.ok_ack(seqs=await self.store.latest(user))
-
-    async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
-        if req.conv.kind == "dm":
-            if user not in req.conv.members:
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not in {req.conv.id}")
-        elif not await self.store.is_member(req.conv.group_id, user):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
-        messages, latest, has_more = await self.store.sync(req.conv.id, req.after_seq, req.limit)
-        return p.ok_ack(
-            conv=req.conv.id,
-            messages=[m.to_dict() for m in messages],
-            latest_seq=latest,
-            has_more=has_more,
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

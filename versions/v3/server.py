@@ -25,7 +25,7 @@ from imlab import protocol as p
 from imlab.kafka import ConsumerLoop, KafkaLink
 from imlab.protocol import ErrorCode, Message, ProtocolError
 from imlab.routing import Relay, Routes, by_node
-from imlab.server import StageServer, base_parser, serve
+from imlab.server import HistoryServer, StageServer, base_parser, serve
 from imlab.store import MessageStore, new_message
 
 DM_TOPIC = "im.dm"
@@ -66,7 +66,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-class Server(StageServer):
+class Server(HistoryServer):
     stage = "v3"
     features = frozenset({p.FEATURE_DM, p.FEATURE_GROUPS, p.FEATURE_HISTORY})
     unavailable_errors = (*StageServer.unavailable_errors, KafkaError)
@@ -179,23 +179,6 @@ class Server(StageServer):
                   "members": list(req.members), "creator": user}  # fmt: skip
         await self.deliver(_pairs(raw), p.GROUP_CREATED, notice)
         return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
-
-    async def latest(self, user: str) -> dict[str, Any]:
-        return p.ok_ack(seqs=await self.store.latest(user))
-
-    async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
-        if req.conv.kind == "dm":
-            if user not in req.conv.members:
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not in {req.conv.id}")
-        elif not await self.store.is_member(req.conv.group_id, user):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
-        messages, latest, has_more = await self.store.sync(req.conv.id, req.after_seq, req.limit)
-        return p.ok_ack(
-            conv=req.conv.id,
-            messages=[m.to_dict() for m in messages],
-            latest_seq=latest,
-            has_more=has_more,
-        )
 
     # ------------------------------------------------------------ the consumer (seed 四, step 8)
 

@@ -23,12 +23,12 @@ from imlab import protocol as p
 from imlab.kafka import KafkaLink
 from imlab.protocol import ErrorCode, ProtocolError
 from imlab.routing import Relay, Routes, by_node
-from imlab.server import StageServer, base_parser, serve
+from imlab.server import HistoryServer, StageServer, base_parser, serve
 from imlab.store import MessageStore, new_message
 from versions.v4 import topics
 
 
-class Gateway(StageServer):
+class Gateway(HistoryServer):
     stage = "v4"
     features = frozenset({p.FEATURE_DM, p.FEATURE_GROUPS, p.FEATURE_HISTORY, p.FEATURE_TOKEN_AUTH})
     unavailable_errors = (*StageServer.unavailable_errors, KafkaError)
@@ -127,23 +127,6 @@ class Gateway(StageServer):
             await self.push(mine, p.GROUP_CREATED, notice)
         await self.relay.send(targets, p.GROUP_CREATED, notice)
         return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
-
-    async def latest(self, user: str) -> dict[str, Any]:
-        return p.ok_ack(seqs=await self.store.latest(user))
-
-    async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
-        if req.conv.kind == "dm":
-            if user not in req.conv.members:
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not in {req.conv.id}")
-        elif not await self.store.is_member(req.conv.group_id, user):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
-        messages, latest, has_more = await self.store.sync(req.conv.id, req.after_seq, req.limit)
-        return p.ok_ack(
-            conv=req.conv.id,
-            messages=[m.to_dict() for m in messages],
-            latest_seq=latest,
-            has_more=has_more,
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,13 +96,29 @@ def cluster(
         c.stop()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-async def sut(cluster: Cluster) -> AsyncIterator[StageUnderTest]:
+async def sut(cluster: Cluster, request: pytest.FixtureRequest) -> AsyncIterator[StageUnderTest]:
     s = StageUnderTest(cluster)
     try:
         yield s
     finally:
         await s.close_clients()
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print_log_tails(cluster)
+
+
+def print_log_tails(cluster: Cluster, lines: int = 30) -> None:
+    """What every process of the stage logged last: printed with a failing test's output."""
+    for svc in cluster.services():
+        print(f"----- {svc.name}: {svc.log_path}\n{svc.log_tail(lines)}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

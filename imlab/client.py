@@ -144,6 +144,18 @@ def ordered_endpoints(urls: Sequence[str], user: str) -> list[str]:
     return [urls[(start + i) % len(urls)] for i in range(len(urls))]
 
 
+CONNECTION_LOST = object()  # what a pending call gets when its connection drops
+
+
+def checked_ack(event: str, ack: Any) -> dict[str, Any]:
+    """The ack of a call, or a ClientError saying why there is none."""
+    if ack is CONNECTION_LOST:
+        raise ClientError(f"{event}: connection lost before the ack")
+    if not isinstance(ack, dict):
+        raise ClientError(f"{event}: malformed ack {ack!r}")
+    return ack
+
+
 class ClientCore:
     """Everything a client knows and decides, independent of the transport."""
 
@@ -331,6 +343,7 @@ class AsyncChatClient(ClientCore):
         self._closing = False
         self._suppress_reconnect = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
         self.connected = asyncio.Event()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -368,6 +381,9 @@ class AsyncChatClient(ClientCore):
 
     async def _on_disconnect(self, *reason: Any) -> None:
         self.connected.clear()
+        for answer in list(self._pending):
+            if not answer.done():
+                answer.set_result(CONNECTION_LOST)
         self.record("disconnect", reason=str(reason[0]) if reason else None)
         suppressed, self._suppress_reconnect = self._suppress_reconnect, False
         if not self._closing and self.reconnect and not suppressed:
@@ -397,7 +413,7 @@ class AsyncChatClient(ClientCore):
     async def disconnect(self, *, reconnect: bool = False) -> None:
         """Drop the connection but keep the client's state: with `reconnect` it comes
         back by itself, else it stays offline until `connect()` (churn, tests)."""
-        self._suppress_reconnect = not reconnect
+        self._suppress_reconnect = not reconnect and self.sio.connected
         await self.sio.disconnect()
 
     def _spawn(self, coro: Any) -> None:
@@ -410,13 +426,24 @@ class AsyncChatClient(ClientCore):
     async def call(
         self, event: str, data: Any = None, timeout: float = CALL_TIMEOUT
     ) -> dict[str, Any]:
+        """Emit and wait for the ack; a dropped connection fails the call at once."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_ack(*args: Any) -> None:
+            if not answer.done():
+                answer.set_result(args[0] if len(args) == 1 else args)
+
+        self._pending.add(answer)
         try:
-            ack = await self.sio.call(event, data, timeout=timeout)
-        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
-            raise ClientError(f"{event}: no ack ({type(exc).__name__})") from None
-        if not isinstance(ack, dict):
-            raise ClientError(f"{event}: malformed ack {ack!r}")
-        return ack
+            await self.sio.emit(event, data, callback=on_ack)
+            ack = await asyncio.wait_for(answer, timeout)
+        except socketio.exceptions.BadNamespaceError:
+            raise ClientError(f"{event}: not connected") from None
+        except TimeoutError:
+            raise ClientError(f"{event}: no ack within {timeout:g}s") from None
+        finally:
+            self._pending.discard(answer)
+        return checked_ack(event, ack)
 
     async def _run(self, steps: Steps) -> None:
         try:
@@ -496,21 +523,21 @@ class AsyncChatClient(ClientCore):
 class SyncChatClient(ClientCore):
     """The same client on `socketio.Client` (threads, or greenlets under Locust/gevent).
 
-    Reconnection uses python-socketio's own loop to the same endpoint; after every
-    (re)connect the client catches up with `latest`/`sync`.
+    Like the asyncio client it reconnects by itself, home endpoint first and then
+    the others, so users of a crashed server come back on a live one; after every
+    (re)connect it catches up with `latest`/`sync`.
     """
 
-    def __init__(self, user: str, urls: str | Sequence[str], **kw: Any) -> None:
+    def __init__(
+        self, user: str, urls: str | Sequence[str], *, reconnect: bool = True, **kw: Any
+    ) -> None:
         super().__init__(user, urls, **kw)
-        self.sio = socketio.Client(
-            reconnection=True,
-            reconnection_delay=0.2,
-            reconnection_delay_max=2,
-            logger=False,
-            engineio_logger=False,
-        )
+        self.reconnect = reconnect
+        self.sio = socketio.Client(reconnection=False, logger=False, engineio_logger=False)
         self._closing = False
-        self.sio.on("connect", self._on_connect)
+        self._suppress_reconnect = False
+        self._reconnecting = False
+        self._pending: set[threading.Event] = set()
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("connect_error", self.handle_connect_error)
         self.sio.on(p.MESSAGE, self._on_message)
@@ -518,6 +545,7 @@ class SyncChatClient(ClientCore):
         self._lock = threading.RLock()
 
     def connect(self, timeout: float = 10.0) -> None:
+        """Connect to the first endpoint that accepts, then catch up."""
         errors: list[str] = []
         for url in self.endpoints:
             self.refusal = None
@@ -538,19 +566,38 @@ class SyncChatClient(ClientCore):
         self.record("connect", url=self.url)
         self.catch_up()
 
-    def _on_connect(self) -> None:
-        if self.url is not None and self.node is not None:
-            # an automatic reconnect: catch up outside the event handler
-            self.sio.start_background_task(self._after_reconnect)
-
-    def _after_reconnect(self) -> None:
-        try:
-            self._after_connect()
-        except ClientError as exc:
-            log.debug("%s: catch-up after reconnect failed: %s", self.user, exc)
-
     def _on_disconnect(self, *reason: Any) -> None:
+        for answered in list(self._pending):
+            answered.set()  # with no ack in its box: CONNECTION_LOST
         self.record("disconnect", reason=str(reason[0]) if reason else None)
+        suppressed, self._suppress_reconnect = self._suppress_reconnect, False
+        if not self._closing and self.reconnect and not suppressed and not self._reconnecting:
+            self._reconnecting = True
+            self.sio.start_background_task(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        delay = 0.05
+        try:
+            while not self._closing:
+                self.sio.sleep(delay)
+                if self.sio.connected:  # the application connected again meanwhile
+                    return
+                try:
+                    self.connect(timeout=5)
+                    return
+                except ConnectRefused:
+                    return  # the stage refuses this user: retrying will not change that
+                except (ClientError, socketio.exceptions.ConnectionError, OSError) as exc:
+                    log.debug("%s: reconnect failed: %s", self.user, exc)
+                delay = min(delay * 2, 1.0)
+        finally:
+            self._reconnecting = False
+
+    def disconnect(self, *, reconnect: bool = False) -> None:
+        """Drop the connection but keep the client's state: with `reconnect` it comes
+        back by itself, else it stays offline until `connect()` (churn, tests)."""
+        self._suppress_reconnect = not reconnect and self.sio.connected
+        self.sio.disconnect()
 
     def close(self) -> None:
         self._closing = True
@@ -559,13 +606,24 @@ class SyncChatClient(ClientCore):
             self.recorder.flush()
 
     def call(self, event: str, data: Any = None, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        """Emit and wait for the ack; a dropped connection fails the call at once."""
+        answered = threading.Event()
+        box: list[Any] = []
+
+        def on_ack(*args: Any) -> None:
+            box.append(args[0] if len(args) == 1 else args)
+            answered.set()
+
+        self._pending.add(answered)
         try:
-            ack = self.sio.call(event, data, timeout=timeout)
-        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
-            raise ClientError(f"{event}: no ack ({type(exc).__name__})") from None
-        if not isinstance(ack, dict):
-            raise ClientError(f"{event}: malformed ack {ack!r}")
-        return ack
+            self.sio.emit(event, data, callback=on_ack)
+            if not answered.wait(timeout):
+                raise ClientError(f"{event}: no ack within {timeout:g}s")
+        except socketio.exceptions.BadNamespaceError:
+            raise ClientError(f"{event}: not connected") from None
+        finally:
+            self._pending.discard(answered)
+        return checked_ack(event, box[0] if box else CONNECTION_LOST)
 
     def _run(self, steps: Steps) -> None:
         with self._lock:

@@ -174,6 +174,10 @@ class Schedule:
     def time_of(self, k: int) -> float:
         return self.base + k * self.period
 
+    def slots_between(self, k: int, end: float) -> int:
+        """How many slots from slot `k` on fall before `end`."""
+        return max(0, self.slot_at_or_after(end) - k)
+
 
 class ChurnClock:
     """One user's random online/offline spells, reproducible from the plan's seed."""

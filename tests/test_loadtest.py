@@ -66,6 +66,8 @@ def test_schedule_is_open_loop_slots() -> None:
     assert s.slot_at_or_after(100.0) == 0
     assert s.slot_at_or_after(100.2) == 1
     assert s.time_of(3) == 101.5
+    # slots 3, 4, 5 fall before 103.0 (slot 6 is at it)
+    assert s.slots_between(3, 103.0) == 3 and s.slots_between(7, 103.0) == 0
 
 
 def test_burst_members_share_their_group_phase_and_churners_are_exact() -> None:

@@ -3,9 +3,9 @@ that notices when the broker lost its state, and a consumer loop that survives b
 records, a dead broker and a broker restart.
 
 Settings follow the measured notes in FACTS.md (Tansu section): short fetch waits
-for latency, a 3 s session timeout, topics created explicitly with the partition
-count meant, no idempotent producer. Nothing here assumes Tansu: any Kafka
-cluster works through its bootstrap address.
+for latency, topics created explicitly with the partition count meant, no
+idempotent producer. Nothing here assumes Tansu: any Kafka cluster works through
+its bootstrap address.
 
 Broker restarts: a memory-only broker (or a wiped cluster) forgets topics and
 consumer offsets, and a producer with old metadata may get acks for writes that
@@ -13,11 +13,11 @@ are gone. `KafkaLink` creates a sentinel topic of its own (one per process, name
 after it, never written to) and checks every second that it still exists; when
 it is gone, the link re-creates the base topics and its producer, forgets which
 topics it had ensured and bumps `epoch`. Writes in the second before the check
-notices are the real "publish acked, then lost" window. Consumers are *not*
-re-created: aiokafka's consumer rejoins the restarted broker by itself (and,
-with no committed offsets left, reads the new topics from the start), while a
-re-created one leaves its predecessor behind as a ghost member (Tansu ignores
-LeaveGroup) that stalled the group's rebalances for 30 s and more.
+notices are the real "publish acked, then lost" window. A `ConsumerLoop` sees the
+new epoch and starts a fresh consumer, which reads the new topics from the start.
+
+Partition ownership uses a Redis membership set instead of Kafka's consumer-group
+protocol; `ConsumerLoop` says why.
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ import contextlib
 import logging
 import os
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
+from redis.asyncio import Redis
 
 from imlab.metrics import Metrics
 
@@ -53,13 +56,12 @@ PRODUCER_SETTINGS: dict[str, Any] = {
 
 CONSUMER_SETTINGS: dict[str, Any] = {
     "fetch_max_wait_ms": 10,  # p50 ~4 ms instead of ~100 ms with the default 500
-    "session_timeout_ms": 3000,  # a dead member's partitions move after ~5.5 s
-    "heartbeat_interval_ms": 500,
-    "metadata_max_age_ms": 1000,  # how soon a pattern subscription sees a new topic
     "auto_offset_reset": "earliest",  # a new topic is read from its first record
     "enable_auto_commit": False,  # offsets are committed after processing
     "request_timeout_ms": 5000,
 }
+TICK = 0.5  # how often a consumer re-checks the members and the topics
+MEMBER_TTL = 3.0  # a member that stopped refreshing drops out after this long
 
 RecordHandler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
@@ -156,6 +158,14 @@ class KafkaLink:
         self.metrics.inc("kafka_publish_seconds", time.perf_counter() - t0)
         return meta
 
+    async def partition_counts(self) -> dict[str, int]:
+        """Every topic the broker has now, with its partition count."""
+        admin = self._admin
+        if admin is None:
+            raise KafkaConnectionError(f"broker {self.bootstrap} not reachable")
+        topics = await admin.describe_topics()
+        return {t["topic"]: len(t["partitions"]) for t in topics if t.get("error_code") == 0}
+
     # ------------------------------------------------------------ watchdog
 
     async def _watch(self) -> None:
@@ -237,13 +247,58 @@ class KafkaLink:
                 await admin.close()
 
 
+class Membership:
+    """Who is alive among the consumers of one group: a Redis sorted set of member ->
+    expiry (Redis clock). Each live member refreshes its entry every tick; a member
+    that stops refreshing drops out after `ttl`, one that stops cleanly at once."""
+
+    _BEAT = """
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    return redis.call('ZRANGE', KEYS[1], 0, -1)
+    """
+
+    def __init__(self, redis: Redis, group: str, member: str, ttl: float = MEMBER_TTL) -> None:
+        self.redis = redis
+        self.key = f"im:consumers:{group}"
+        self.member = member
+        self.ttl = ttl
+        self._beat = redis.register_script(self._BEAT)
+
+    async def beat(self) -> list[str]:
+        """Refresh this member; the live members, sorted."""
+        raw = await self._beat(keys=[self.key], args=[self.member, self.ttl])
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+
+    async def leave(self) -> None:
+        await self.redis.zrem(self.key, self.member)
+
+
+def owner(tp: TopicPartition, members: Sequence[str]) -> str:
+    """The member that owns a partition: rendezvous hashing, so a member joining or
+    leaving moves only the partitions it takes or gives up."""
+    return max(members, key=lambda m: zlib.crc32(f"{m}|{tp.topic}|{tp.partition}".encode()))
+
+
 class ConsumerLoop:
-    """Consume a topic pattern in a consumer group and hand each record to `handler`.
+    """Consume every topic matching `pattern` and hand each record to `handler`, the
+    partitions shared among the live members of `group_id`.
+
+    Ownership is not Kafka's consumer-group protocol: each member assigns itself the
+    partitions that rendezvous hashing over the live members (`Membership`) gives
+    it, and re-checks every `TICK` seconds. A new topic (a new chat group) is
+    picked up by its owner alone, without stopping anyone; with the group protocol
+    every new topic rebalanced every member (Tansu holds each JoinGroup 2 s, so
+    groups created every few seconds kept all partitions revoked), and aiokafka's
+    fetcher could die in a subscription change and leave its partitions unread.
+    Offsets are still committed to the broker under `group_id`.
 
     Records of one partition are handled one after another, in offset order;
     partitions are handled concurrently. Offsets are committed after handling, so
     delivery is at-least-once: a record handled but not yet committed when its
-    partition moves is handled again by the new owner.
+    partition moves is handled again by the new owner (the store deduplicates).
 
     `handler` raising one of `retry_errors` (a backing service is down) retries the
     same record with backoff, holding the partition's order; any other exception
@@ -253,7 +308,7 @@ class ConsumerLoop:
     def __init__(
         self,
         link: KafkaLink,
-        group_id: str,
+        membership: Membership,
         pattern: str,
         handler: RecordHandler,
         metrics: Metrics,
@@ -262,20 +317,22 @@ class ConsumerLoop:
         client_id: str = "imlab-consumer",
     ) -> None:
         self.link = link
-        self.group_id = group_id
-        self.pattern = pattern
+        self.membership = membership
+        self.group_id = membership.key.removeprefix("im:consumers:")
+        self.pattern = re.compile(pattern)
         self.handler = handler
         self.metrics = metrics
         self.retry_errors = retry_errors
         self.client_id = client_id
+        self.members: list[str] = []
+        self._last_seen: list[str] = []
         self.assigned: set[TopicPartition] = set()
         self.last_offset: dict[TopicPartition, int] = {}
         self.running = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         metrics.gauge("kafka_assigned_partitions", lambda: len(self.assigned), "partitions owned")
+        metrics.gauge("kafka_group_members", lambda: len(self.members), "live consumers seen")
         metrics.series(
             "kafka_last_offset", self._offset_series, "offset of the last record handled"
         )
@@ -288,6 +345,7 @@ class ConsumerLoop:
         return {
             "running": self.running,
             "group": self.group_id,
+            "members": self.members,
             "assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in self.assigned),
             "last_offset": {f"{tp.topic}/{tp.partition}": o for tp, o in self.last_offset.items()},
             "consumed": self.metrics.counters.get("kafka_records_consumed", 0),
@@ -302,12 +360,13 @@ class ConsumerLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(Exception):  # the others take over now, not after the TTL
+            await asyncio.wait_for(self.membership.leave(), 1.0)
 
     async def _run(self) -> None:
         while not self._stopping:
-            if self.link.epoch == 0:
-                # Joining before the link has created the topics would only mean
-                # rejoining right after: every join costs the whole group a rebalance.
+            epoch = self.link.epoch
+            if epoch == 0:  # the link has not created the topics yet
                 await asyncio.sleep(0.05)
                 continue
             consumer = AIOKafkaConsumer(
@@ -316,12 +375,19 @@ class ConsumerLoop:
                 client_id=self.client_id,
                 **CONSUMER_SETTINGS,
             )
-            consumer.subscribe(pattern=self.pattern, listener=_Listener(self))
             try:
                 await consumer.start()
                 self.running = True
                 self.metrics.inc("kafka_consumer_starts")
-                while not self._stopping:
+                next_check = 0.0
+                # A broker that came back empty (new epoch) gets a fresh consumer.
+                while not self._stopping and self.link.epoch == epoch:
+                    if time.monotonic() >= next_check:
+                        await self._reassign(consumer)
+                        next_check = time.monotonic() + TICK
+                    if not self.assigned:
+                        await asyncio.sleep(TICK)
+                        continue
                     batch = await consumer.getmany(timeout_ms=100)
                     if batch:
                         await self._process(consumer, batch)
@@ -337,35 +403,67 @@ class ConsumerLoop:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
 
+    async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
+        """Take exactly the partitions rendezvous hashing gives this member now."""
+        try:
+            members = await self.membership.beat()
+        except Exception as exc:  # Redis down: keep what we own; handling waits on Redis too
+            self.metrics.inc("kafka_membership_errors")
+            log.debug("membership beat failed: %r", exc)
+            return
+        if members != self._last_seen and self.members:
+            # Act on a change of members only once it holds for two beats: after a
+            # Redis pause every entry looks expired to whoever beats first.
+            self._last_seen = members
+            return
+        self._last_seen = self.members = members
+        if self.client_id not in members:
+            return
+        try:
+            counts = await self.link.partition_counts()
+        except KafkaError as exc:  # the broker is away: keep what we own
+            log.debug("listing topics failed: %r", exc)
+            return
+        mine = {
+            tp
+            for topic, n in counts.items()
+            if self.pattern.match(topic)
+            for part in range(n)
+            if owner(tp := TopicPartition(topic, part), members) == self.client_id
+        }
+        if mine != self.assigned:
+            gained, lost = mine - self.assigned, self.assigned - mine
+            log.info("consumer %s: +%d -%d partitions (%d members)", self.client_id,
+                     len(gained), len(lost), len(members))  # fmt: skip
+            consumer.assign(sorted(mine))
+            self.assigned = mine
+            self.metrics.inc("kafka_rebalances")
+
     async def _process(
         self,
         consumer: AIOKafkaConsumer,
         batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
-        self._idle.clear()
-        try:
-            done: dict[TopicPartition, int] = {}
+        done: dict[TopicPartition, int] = {}
 
-            async def partition(
-                tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-            ) -> None:
-                for rec in records:
-                    if not await self._handle(consumer, tp, rec):
-                        return
-                    self.last_offset[tp] = rec.offset
-                    done[tp] = rec.offset + 1
+        async def partition(
+            tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+        ) -> None:
+            for rec in records:
+                if not await self._handle(consumer, tp, rec):
+                    return
+                self.last_offset[tp] = rec.offset
+                done[tp] = rec.offset + 1
 
-            await asyncio.gather(*(partition(tp, recs) for tp, recs in batch.items()))
-            owned = {tp: off for tp, off in done.items() if tp in consumer.assignment()}
-            if owned:
-                try:
-                    await consumer.commit(owned)
-                except (CommitFailedError, KafkaError) as exc:
-                    # The partition moved on; its new owner handles these records again.
-                    self.metrics.inc("kafka_commit_failures")
-                    log.info("commit failed (rebalance?): %r", exc)
-        finally:
-            self._idle.set()
+        await asyncio.gather(*(partition(tp, recs) for tp, recs in batch.items()))
+        owned = {tp: off for tp, off in done.items() if tp in consumer.assignment()}
+        if owned:
+            try:
+                await consumer.commit(owned)
+            except KafkaError as exc:
+                # The records are handled; uncommitted, the next owner handles them again.
+                self.metrics.inc("kafka_commit_failures")
+                log.info("commit failed: %r", exc)
 
     async def _handle(
         self,
@@ -394,19 +492,3 @@ class ConsumerLoop:
             else:
                 self.metrics.inc("kafka_records_consumed")
             return True
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets an in-flight batch finish (and commit) before its partitions are revoked."""
-
-    def __init__(self, loop: ConsumerLoop) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.loop.metrics.inc("kafka_rebalances")
-        self.loop.assigned -= set(revoked)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.loop._idle.wait(), timeout=2)
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.loop.assigned = set(assigned)

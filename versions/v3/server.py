@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from imlab import protocol as p
-from imlab.kafka import ConsumerLoop, KafkaLink
+from imlab.kafka import ConsumerLoop, KafkaLink, Membership
 from imlab.protocol import ErrorCode, Message, ProtocolError
 from imlab.routing import Relay, Routes, by_node
 from imlab.server import HistoryServer, StageServer, base_parser, serve
@@ -96,7 +96,7 @@ class Server(HistoryServer):
         self.link = KafkaLink(kafka_bootstrap, base, self.metrics, client_id=node)
         self.consumer = ConsumerLoop(
             self.link,
-            consumer_group,
+            Membership(self.redis, consumer_group, node),
             TOPIC_PATTERN,
             self.process,
             self.metrics,

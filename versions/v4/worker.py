@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from imlab import protocol as p
-from imlab.kafka import ConsumerLoop, KafkaLink
+from imlab.kafka import ConsumerLoop, KafkaLink, Membership
 from imlab.metrics import Metrics
 from imlab.protocol import Message
 from imlab.routing import Relay, Routes, by_node
@@ -59,7 +59,7 @@ class Worker:
         )
         self.consumer = ConsumerLoop(
             self.link,
-            consumer_group,
+            Membership(self.redis, consumer_group, node),
             topics.PATTERN,
             self.process,
             self.metrics,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from imlab.chaos import LiveFaults
 from imlab.client import AsyncChatClient, HistoryRecorder
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
 from imlab.services import LOOPBACK, free_port
@@ -45,7 +47,7 @@ from loadtest.plan import (
     group_indices,
     user_names,
 )
-from sim.faults import FaultPlan, parse_faults
+from sim.faults import parse_faults
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -290,6 +292,9 @@ class LoadRun:
             churn = self.faults.churn or (1.0 if opts.scenario == "churn" else 0.0)
         self.churn = churn
         self.spec = opts.cluster or ClusterSpec(opts.stage)
+        if self.faults.redis_restarts and not self.spec.durable_redis:
+            # A killed Redis must come back with what it acknowledged, as a real one would.
+            self.spec = dataclasses.replace(self.spec, durable_redis=True)
         self.run_dir = opts.run_dir or new_run_dir("load", opts.stage, opts.runs_root)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.loadgen = self.run_dir / "loadgen"
@@ -303,7 +308,7 @@ class LoadRun:
         self.locust_code: int | None = None
         self.argv: list[str] = []
         self.sampler: CpuSampler | None = None
-        self.live_faults: Any = None
+        self.live_faults: LiveFaults | None = None
         self.status: dict[str, Any] = {}
         self.warnings: list[str] = []
         self.times: dict[str, float] = {"begin": time.time()}
@@ -406,9 +411,9 @@ class LoadRun:
         self.send_end = self.send_start + self._ramp() + opts.duration
         self._control(final=False)
         if self.faults:
-            self.live_faults = _start_live_faults(
-                self.cluster, self.faults, self.run_dir, self.send_start, self.warnings
-            )
+            history = self.run_dir / "history-faults.jsonl"
+            self.live_faults = LiveFaults(self.cluster, self.faults, history=history)
+            self.live_faults.start(self.send_start)
         total = self.send_end - self.send_start
         self.say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")
         while time.time() < self.send_end:
@@ -599,15 +604,3 @@ def _verdict_lines(
     lines += [f"note                 {n}" for n in verdict["notes"]]
     lines += [f"warning              {w}" for w in warnings]
     return "\n".join(lines)
-
-
-def _start_live_faults(
-    cluster: Cluster, plan: FaultPlan, run_dir: Path, t0: float, warnings: list[str]
-) -> Any:
-    """Inject the scheduled faults of the spec (imlab.chaos), timed from the send start."""
-    try:
-        from imlab.chaos import LiveFaults
-    except ImportError:
-        warnings.append("fault injection is not available: faults recorded, not injected")
-        return None
-    return LiveFaults(cluster, plan, history=run_dir / "history-faults.jsonl").start(t0)

@@ -437,7 +437,7 @@ class ConsumerLoop:
                      len(gained), len(lost), len(members))  # fmt: skip
             consumer.assign(sorted(mine))
             self.assigned = mine
-            self.metrics.inc("kafka_rebalances")
+            self.metrics.inc("kafka_reassignments")
 
     async def _process(
         self,

@@ -79,7 +79,9 @@ class Params:
     """whether the broker answers a waiting fetch as soon as a record arrives; set
     false because the real v3/v4 consumers see records ~fetch_wait/2 late (docs/RESULTS.md)"""
     kafka_request_timeout: float = 3.0
-    kafka_session_timeout: float = 5.5
+    kafka_session_timeout: float = 3.9
+    """a dead consumer's partitions move once its membership entry expired (3 s) and
+    the others saw the new member list twice (`imlab.kafka.Membership`): 3.7-3.9 s"""
     kafka_stale_window: float = 1.0
     """after a broker restart, publishes are acked and lost until the link's watchdog
     (one check a second) notices and re-creates the topics"""
@@ -87,9 +89,9 @@ class Params:
     kafka_reset: float = 1.0
     """after the stale-ack window, publishes fail while each process re-creates its
     topics and producer (`KafkaLink._reset`)"""
-    kafka_rejoin: float = 6.0
-    """after a broker restart, consumers deliver nothing until they have rejoined the
-    group (session timeout and the broker's JoinGroup hold)"""
+    kafka_rejoin: float = 1.5
+    """after a broker restart, consumers deliver nothing until the watchdog noticed the
+    empty broker and a fresh consumer took its partitions (4.5 s after a 3 s stop)"""
     # A v3 server's or v4 worker's consumer: CPU to decode and handle one record.
     worker_record: Dist = Dist(0.0005, 0.5)
     # The load generator, when a run of this machine is reproduced (0: every simulated

@@ -510,6 +510,23 @@ def _loss(r: RunData) -> Text:
     ]
 
 
+KAFKA_FAULTS = ("kafka-loss", "broker-down")
+STORES_BEFORE_PUBLISH = ("v4",)  # the gateway stores, then publishes (versions/v4/STEP.md)
+
+
+def _stored_first(fault: str, clean: list[RunData]) -> Text:
+    """Why a stage that lost Kafka publishes lost no message, when the numbers show it."""
+    if not any(k in fault for k in KAFKA_FAULTS):
+        return []
+    text: Text = []
+    for r in clean:
+        if r.stage in STORES_BEFORE_PUBLISH and r.value("deliveries.sync"):
+            text += [f"{_who(r)} stores each message before it publishes it, so what Kafka "
+                     "lost cost pushes, not messages: ", r.num("deliveries.sync"),
+                     " deliveries came by sync. "]  # fmt: skip
+    return text
+
+
 def _anomaly_caption(cells: dict[str, list[RunData]], all_runs: Sequence[RunData]) -> Text:
     text: Text = []
     for f, rs in cells.items():
@@ -520,6 +537,7 @@ def _anomaly_caption(cells: dict[str, list[RunData]], all_runs: Sequence[RunData
             parts.append(["no loss for ", *join([[_who(r)] for r in clean])])
         head = "Without a fault, " if f == NO_FAULT else f"Under {f}: "
         text += [head, *join(parts, sep="; ", last="; "), ". "]
+        text += _stored_first(f, clean)
     if NO_FAULT not in cells:
         text.append("No run of this scenario was free of faults. ")
     elif len(cells) == 1:

@@ -520,3 +520,22 @@ def test_architecture_descriptions_hold_together() -> None:
         text = markdown(arch)
         assert all(n.label in text for n in arch.nodes)
         assert arch.open_problem in text
+
+
+def test_v4_broker_loss_is_explained_as_pushes_recovered_by_sync(tmp_path: Path) -> None:
+    """v3 stores after Kafka and loses; v4 stored before publishing and syncs back:
+    the caption says so for v4, with the sync count from its metrics.json."""
+    common: dict[str, Any] = {"users": 16, "rate": 2.0, "duration": 12.0}
+    fault = ("broker-down", "kafka", 4.0, 7.0)
+    make_run(tmp_path / "runs", "v3-broker", stage="v3", fault=fault, effect="lose", **common)
+    make_run(tmp_path / "runs", "v4-broker", stage="v4", fault=fault, effect="sync", **common)
+    built = build_report([tmp_path / "runs"], tmp_path / "report")
+    m = metrics_of(built)
+    text = caption(built, "Loss, duplicates and ordering: group")
+    synced = fmt(m["v4-broker"]["deliveries"]["sync"])
+    assert m["v4-broker"]["deliveries"]["lost"] == 0 and m["v3-broker"]["deliveries"]["lost"] > 0
+    assert (
+        "v4 stores each message before it publishes it, so what Kafka lost cost pushes, "
+        f"not messages: {synced} deliveries came by sync." in text
+    )
+    assert "v3 stores" not in text

@@ -95,17 +95,18 @@ class Inbox:
     A message with the next seq is delivered at once (with any buffered
     successors); one ahead of a gap waits until the gap is filled (by push or
     sync); one at or below the max seq is a duplicate and dropped. Messages
-    without a seq (stage v1) are delivered as they come.
+    without a seq (stage v1) are delivered as they come. Each delivered message
+    keeps the path it came by: a push held behind a gap is still a push.
     """
 
     def __init__(self) -> None:
         self.max_seq: dict[str, int] = {}
-        self.pending: dict[str, dict[int, Message]] = {}
+        self.pending: dict[str, dict[int, tuple[Message, str]]] = {}
         self.duplicates = 0
 
-    def accept(self, msg: Message) -> list[Message]:
+    def accept(self, msg: Message, via: str = "push") -> list[tuple[Message, str]]:
         if msg.seq is None:
-            return [msg]
+            return [(msg, via)]
         conv = msg.conv
         cur = self.max_seq.get(conv, 0)
         if msg.seq <= cur:
@@ -113,9 +114,9 @@ class Inbox:
             return []
         waiting = self.pending.setdefault(conv, {})
         if msg.seq != cur + 1:
-            waiting[msg.seq] = msg
+            waiting.setdefault(msg.seq, (msg, via))
             return []
-        out = [msg]
+        out = [(msg, via)]
         nxt = msg.seq + 1
         while nxt in waiting:
             out.append(waiting.pop(nxt))
@@ -207,16 +208,16 @@ class ClientCore:
         except (KeyError, TypeError, ValueError):
             log.warning("%s: ignoring malformed message %r", self.user, data)
             return []
-        delivered = self.inbox.accept(msg)
-        for m in delivered:
+        delivered = self.inbox.accept(msg, via)
+        for m, path in delivered:
             self.received.setdefault(m.conv, []).append(m)
-            self.received_via[via] += 1
+            self.received_via[path] += 1
             self.record(
-                "recv", conv=m.conv, msg=m.client_msg_id, seq=m.seq, sender=m.sender, via=via
+                "recv", conv=m.conv, msg=m.client_msg_id, seq=m.seq, sender=m.sender, via=path
             )
             if self.on_message is not None:
-                self.on_message(m, via)
-        return delivered
+                self.on_message(m, path)
+        return [m for m, _path in delivered]
 
     def handle_group_created(self, data: Any) -> None:
         if isinstance(data, dict) and isinstance(data.get("group_id"), str):

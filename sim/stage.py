@@ -173,7 +173,7 @@ class User:
         self.free_at = 0.0  # the greenlet is blocked until then (waiting for an ack)
         self.queue: deque[tuple[str, float]] = deque()
         self.max_seq: dict[int, int] = {}
-        self.pending: dict[int, dict[int, int]] = {}  # conv -> seq -> message id
+        self.pending: dict[int, dict[int, tuple[int, str]]] = {}  # conv -> seq -> (id, via)
         self.repairing = False
         self.churn: Any = None
         self.next_drop = math.inf
@@ -496,7 +496,7 @@ class StageModel:
         if seq != cur + 1:
             if waiting is None:
                 waiting = user.pending[ci] = {}
-            waiting[seq] = mid
+            waiting.setdefault(seq, (mid, via))
             if via == "push" and not user.repairing:
                 user.repairing = True
                 delay = self.p.gap_sync_delay + 0.25 * self.rng.random()
@@ -507,7 +507,8 @@ class StageModel:
         nxt = seq + 1
         if waiting:
             while nxt in waiting:
-                self.hand_over(user, waiting.pop(nxt), nxt, conv, t, via)
+                held, path = waiting.pop(nxt)  # a push held behind the gap stays a push
+                self.hand_over(user, held, nxt, conv, t, path)
                 nxt += 1
             if not waiting:
                 del user.pending[ci]

@@ -58,12 +58,14 @@ def test_refusal_parsing() -> None:
 def test_inbox_delivers_in_order_and_buffers_ahead_of_a_gap() -> None:
     inbox = Inbox()
     conv = "group:g1"
-    assert [m.seq for m in inbox.accept(msg(conv, 1))] == [1]
+    assert [(m.seq, via) for m, via in inbox.accept(msg(conv, 1))] == [(1, "push")]
     assert inbox.accept(msg(conv, 3)) == [] and inbox.accept(msg(conv, 4)) == []
     assert inbox.gaps() == {conv: 1}
-    assert [m.seq for m in inbox.accept(msg(conv, 2))] == [2, 3, 4]
+    # the sync that fills the gap brings 2; 3 and 4 were pushed, held, and stay pushes
+    released = inbox.accept(msg(conv, 2), "sync")
+    assert [(m.seq, via) for m, via in released] == [(2, "sync"), (3, "push"), (4, "push")]
     assert inbox.gaps() == {} and inbox.max_seq[conv] == 4
-    assert inbox.accept(msg(conv, 3)) == [] and inbox.duplicates == 1
+    assert inbox.accept(msg(conv, 3), "sync") == [] and inbox.duplicates == 1
 
 
 def test_inbox_passes_unsequenced_messages_through() -> None:

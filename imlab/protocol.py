@@ -204,6 +204,15 @@ class CreateGroupRequest:
     members: tuple[str, ...]  # sorted, unique, includes the creator
     name: str
 
+    def notice(self, group_id: str, creator: str) -> dict[str, Any]:
+        """The `group_created` event every member gets."""
+        return {"group_id": group_id, "conv": group_conv(group_id), "name": self.name,
+                "members": list(self.members), "creator": creator}  # fmt: skip
+
+    def ack(self, group_id: str) -> dict[str, Any]:
+        """The creator's ack."""
+        return ok_ack(group_id=group_id, conv=group_conv(group_id), members=list(self.members))
+
 
 def parse_create_group(payload: object, creator: str) -> CreateGroupRequest:
     p = _require_dict(payload)

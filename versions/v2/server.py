@@ -55,10 +55,9 @@ class Server(HistoryServer):
 
     async def create_group(self, user: str, req: p.CreateGroupRequest) -> dict[str, Any]:
         gid = await self.store.create_group(user, req.members, req.name)
-        notice = {"group_id": gid, "conv": p.group_conv(gid), "name": req.name,
-                  "members": list(req.members), "creator": user}  # fmt: skip
+        notice = req.notice(gid, user)
         await self.push(req.members, p.GROUP_CREATED, notice)
-        return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
+        return req.ack(gid)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,10 +175,9 @@ class Server(HistoryServer):
         topic, partitions = self.topic_for(p.group_conv(gid))
         await self.link.ensure_topic(topic, partitions)
         raw = await self._group_servers(keys=[f"im:gsrv:{gid}"], args=list(req.members))
-        notice = {"group_id": gid, "conv": p.group_conv(gid), "name": req.name,
-                  "members": list(req.members), "creator": user}  # fmt: skip
+        notice = req.notice(gid, user)
         await self.deliver(_pairs(raw), p.GROUP_CREATED, notice)
-        return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
+        return req.ack(gid)
 
     # ------------------------------------------------------------ the consumer (seed 四, step 8)
 

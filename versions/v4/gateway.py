@@ -119,14 +119,13 @@ class Gateway(HistoryServer):
         # and the workers' pattern subscription picks it up on its next metadata refresh.
         topic, partitions = topics.topic_for(p.group_conv(gid), self.scheme)
         await self.link.ensure_topic(topic, partitions)
-        notice = {"group_id": gid, "conv": p.group_conv(gid), "name": req.name,
-                  "members": list(req.members), "creator": user}  # fmt: skip
+        notice = req.notice(gid, user)
         targets = by_node(await self.routes.lookup(req.members))
         mine = targets.pop(self.node, None)
         if mine:
             await self.push(mine, p.GROUP_CREATED, notice)
         await self.relay.send(targets, p.GROUP_CREATED, notice)
-        return p.ok_ack(group_id=gid, conv=p.group_conv(gid), members=list(req.members))
+        return req.ack(gid)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from imlab.client import ordered_endpoints
+from imlab.client import AsyncChatClient, ordered_endpoints
 
 from .conftest import StageUnderTest
 
@@ -24,6 +24,27 @@ def user_on(sut: StageUnderTest, index: int) -> str:
         [user] = sut.users(1)
         if ordered_endpoints(urls, user)[0] == urls[index]:
             return user
+
+
+async def pinned(sut: StageUnderTest, nodes: list[int], **kw: object) -> list[AsyncChatClient]:
+    """Connected clients, the i-th on node `nodes[i]` (server-i in v3, gateway-i in v4)."""
+    clients = []
+    for index in nodes:
+        c = sut.client(user_on(sut, index), **kw)
+        await c.connect()
+        assert c.url == sut.cluster.endpoints[index], (c.node, index)
+        clients.append(c)
+    return clients
+
+
+async def group_of(clients: list[AsyncChatClient]) -> str:
+    """A group of all `clients`, created by the first; returns once all were told."""
+    ack = await clients[0].create_group([c.user for c in clients[1:]], "test group")
+    assert ack["ok"], ack
+    gid: str = ack["group_id"]
+    for c in clients:
+        await c.wait_for(lambda c=c: gid in c.groups, 10, "group_created")  # type: ignore[misc]
+    return gid
 
 
 def _get(url: str) -> str:

@@ -20,7 +20,7 @@ from imlab.cluster import Cluster, ClusterSpec
 from imlab.protocol import Message
 
 from .conftest import StageUnderTest
-from .nodes import eventually, health, metric_sum, summary, user_on
+from .nodes import eventually, group_of, health, metric_sum, pinned, summary
 
 GATEWAYS = 3
 
@@ -34,26 +34,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-async def pinned(sut: StageUnderTest, nodes: list[int], **kw: object) -> list[AsyncChatClient]:
-    """Connected clients, the i-th on gateway `nodes[i]`."""
-    clients = []
-    for index in nodes:
-        c = sut.client(user_on(sut, index), **kw)
-        await c.connect()
-        assert c.node == f"gateway-{index}"
-        clients.append(c)
-    return clients
-
-
-async def group_of(clients: list[AsyncChatClient]) -> str:
-    ack = await clients[0].create_group([c.user for c in clients[1:]], "v4 test")
-    assert ack["ok"], ack
-    gid: str = ack["group_id"]
-    for c in clients:
-        await c.wait_for(lambda c=c: gid in c.groups, 10, "group_created")  # type: ignore[misc]
-    return gid
 
 
 def worker_urls(sut: StageUnderTest) -> list[str]:

@@ -29,14 +29,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", required=True, choices=STAGES)
+    add_scenario_args(p)
+    p.add_argument(
+        "--processes", type=int, default=0, help="Locust worker processes (default: one per core)"
+    )
+    p.add_argument(
+        "--step-users",
+        type=int,
+        default=0,
+        help="saturation ramp: add this many users every --step-every seconds",
+    )
+    p.add_argument("--step-every", type=float, default=10.0)
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-load-<stage>)")
+    add_cluster_args(p)
+    p.set_defaults(func=cmd_load)
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    """The load and fault options `imlab load` and `imlab sim` share, spelled alike."""
     p.add_argument("--scenario", default="group", choices=list(SCENARIOS))
     p.add_argument("--users", type=int, default=40, help="simulated users (default 40)")
     p.add_argument("--rate", type=float, default=1.0, help="sends per second per user (default 1)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of sending")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
-    p.add_argument(
-        "--processes", type=int, default=0, help="Locust worker processes (default: one per core)"
-    )
     p.add_argument("--spawn-rate", type=float, default=0.0, help="users started per second")
     p.add_argument(
         "--churn", type=float, default=None, help="fraction of users that drop and come back"
@@ -46,24 +61,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--churn-silent", type=float, default=0.5, help="share of drops the server is not told of"
     )
-    p.add_argument(
-        "--step-users",
-        type=int,
-        default=0,
-        help="saturation ramp: add this many users every --step-every seconds",
-    )
-    p.add_argument("--step-every", type=float, default=10.0)
     p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
-    p.add_argument(
-        "--faults",
-        default="",
-        help="fault spec, as for `imlab sim` (e.g. redis-outage:5s@10s,churn:0.2)",
-    )
+    p.add_argument("--faults", default="", help="fault spec, e.g. redis-outage:5s@10s,churn:0.2")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-load-<stage>)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
-    add_cluster_args(p)
-    p.set_defaults(func=cmd_load)
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from loadtest.plan import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
+from loadtest.cli import add_scenario_args
+from loadtest.plan import SCENARIOS, PlanError
 from sim.faults import FaultSpecError
 from sim.run import MODELS, TRACE_EVENTS, SimOptions, run_sim
 
@@ -32,16 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", required=True, choices=MODELS)
-    p.add_argument("--scenario", default="group", choices=list(SCENARIOS))
-    p.add_argument("--users", type=int, default=40, help="simulated users (default 40)")
-    p.add_argument("--rate", type=float, default=1.0, help="sends per second per user (default 1)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of sending")
-    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
-    p.add_argument("--churn", type=float, default=None, help="fraction of users that churn")
-    p.add_argument("--churn-online", type=float, default=2.0, help="mean online spell, s")
-    p.add_argument("--churn-offline", type=float, default=1.0, help="mean offline spell, s")
-    p.add_argument("--churn-silent", type=float, default=0.5, help="share of silent drops")
-    p.add_argument("--faults", default="", help="fault spec, e.g. redis-outage:30s@60s")
+    add_scenario_args(p)
     p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
     p.add_argument("--workers", type=int, default=2, help="v4 workers (default 2)")
@@ -53,12 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "allows), all, or a number",
     )
     p.add_argument("--trace-events", type=int, default=TRACE_EVENTS, help="auto's budget")
-    p.add_argument("--spawn-rate", type=float, default=0.0, help="users connected per second")
-    p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
-    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
     p.add_argument("--no-check", action="store_true", help="skip the checker")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=cmd_sim)
 
     c = sub.add_parser(

@@ -122,9 +122,14 @@ class MessageStore:
 
     # ------------------------------------------------------------ groups
 
-    async def create_group(self, creator: str, members: Sequence[str], name: str) -> str:
-        n = await self.redis.incr("im:group_counter")
-        gid = f"g{n}"
+    async def new_group_id(self) -> str:
+        return f"g{await self.redis.incr('im:group_counter')}"
+
+    async def create_group(
+        self, creator: str, members: Sequence[str], name: str, gid: str | None = None
+    ) -> str:
+        """Store a group (under `gid`, else a new id) with its members; returns the id."""
+        gid = gid or await self.new_group_id()
         conv = group_conv(gid)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(

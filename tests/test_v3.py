@@ -223,6 +223,10 @@ async def test_dead_broker_gives_unavailable_then_recovers(sut: StageUnderTest) 
     assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
     print(f"\nv3 dead broker: `unavailable` ack after {time.monotonic() - t0:.2f} s")
     assert (await health(sut.cluster.endpoints[0]))["ok"], "the server keeps serving"
+    # a group refused for want of its topic is not left half made
+    refused = await a.create_group([b.user], "no broker")
+    assert refused["ok"] is False and refused["error"]["code"] == "unavailable", refused
+    assert (await a.latest())["seqs"].keys() == {p.group_conv(gid)}
 
     kafka.start()  # memory-only: every topic and offset is gone
 

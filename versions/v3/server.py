@@ -171,9 +171,10 @@ class Server(HistoryServer):
         return p.ok_ack(conv=msg.conv, msg_id=msg.msg_id, seq=None, server_ts=msg.server_ts)
 
     async def create_group(self, user: str, req: p.CreateGroupRequest) -> dict[str, Any]:
-        gid = await self.store.create_group(user, req.members, req.name)
+        gid = await self.store.new_group_id()
         topic, partitions = self.topic_for(p.group_conv(gid))
-        await self.link.ensure_topic(topic, partitions)
+        await self.link.ensure_topic(topic, partitions)  # first: a dead broker leaves no group
+        await self.store.create_group(user, req.members, req.name, gid)
         raw = await self._group_servers(keys=[f"im:gsrv:{gid}"], args=list(req.members))
         notice = req.notice(gid, user)
         await self.deliver(_pairs(raw), p.GROUP_CREATED, notice)

@@ -114,11 +114,13 @@ class Gateway(HistoryServer):
         )
 
     async def create_group(self, user: str, req: p.CreateGroupRequest) -> dict[str, Any]:
-        gid = await self.store.create_group(user, req.members, req.name)
-        # Seed step 5, "tell the message service to subscribe": the topic exists now,
-        # and the workers' pattern subscription picks it up on its next metadata refresh.
+        # Seed step 5, "tell the message service to subscribe": the topic exists first
+        # (a dead broker leaves no group behind), and the worker that owns it picks it
+        # up on its next topic listing.
+        gid = await self.store.new_group_id()
         topic, partitions = topics.topic_for(p.group_conv(gid), self.scheme)
         await self.link.ensure_topic(topic, partitions)
+        await self.store.create_group(user, req.members, req.name, gid)
         notice = req.notice(gid, user)
         targets = by_node(await self.routes.lookup(req.members))
         mine = targets.pop(self.node, None)

@@ -106,38 +106,31 @@ def plan_cases(
 
 def run_case(case: Case, run_dir: Path, seed: int) -> Path:
     """Carry out one case into `run_dir`; returns the run folder (with metrics.json)."""
+    same: dict[str, Any] = {
+        "stage": case.stage,
+        "scenario": case.scenario,
+        "users": case.users,
+        "rate": case.rate,
+        "duration": case.duration,
+        "faults": case.faults,
+        "seed": seed,
+        "run_dir": run_dir,
+        "quiet": True,
+    }
     if case.kind == "real":
         from imlab.cluster import ClusterSpec
         from loadtest.runner import LoadOptions, run_load
 
-        opts = LoadOptions(
-            stage=case.stage,
-            scenario=case.scenario,
-            users=case.users,
-            rate=case.rate,
-            duration=case.duration,
-            faults=case.faults,
-            seed=seed,
-            run_dir=run_dir,
-            max_drain=10.0,
-            quiet=True,
-            cluster=ClusterSpec(case.stage, servers=NODES.get(case.stage, 1)),
-        )
+        spec = ClusterSpec(case.stage, servers=NODES.get(case.stage, 1))
+        opts = LoadOptions(**same, max_drain=10.0, cluster=spec)
         return run_load(opts, out=io.StringIO()).run_dir
     from sim.run import SimOptions, run_sim
 
+    nodes = NODES.get(case.stage)
     sim_opts = SimOptions(
-        stage=case.stage,
-        scenario=case.scenario,
-        users=case.users,
-        rate=case.rate,
-        duration=case.duration,
-        faults=case.faults,
-        seed=seed,
-        run_dir=run_dir,
-        quiet=True,
-        servers=NODES.get("v3") if case.stage == "v3" else None,
-        gateways=NODES.get("v4") if case.stage == "v4" else None,
+        **same,
+        servers=nodes if case.stage == "v3" else None,
+        gateways=nodes if case.stage == "v4" else None,
     )
     return run_sim(sim_opts, out=io.StringIO()).run_dir
 

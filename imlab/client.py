@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -146,6 +146,16 @@ def ordered_endpoints(urls: Sequence[str], user: str) -> list[str]:
 
 
 CONNECTION_LOST = object()  # what a pending call gets when its connection drops
+# A reconnect attempt that failed with one of these is tried again after the next delay.
+RECONNECT_RETRY = (ClientError, socketio.exceptions.ConnectionError, OSError)
+
+
+def reconnect_delays() -> Iterator[float]:
+    """The waits before each reconnect attempt: 50 ms, doubling, at most 1 s."""
+    delay = 0.05
+    while True:
+        yield delay
+        delay = min(delay * 2, 1.0)
 
 
 def checked_ack(event: str, ack: Any) -> dict[str, Any]:
@@ -391,17 +401,17 @@ class AsyncChatClient(ClientCore):
             self._spawn(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.05
-        while not self._closing:
+        for delay in reconnect_delays():
             await asyncio.sleep(delay)
+            if self._closing:
+                return
             try:
                 await self.connect(timeout=5)
                 return
             except ConnectRefused:
                 raise
-            except (ClientError, socketio.exceptions.ConnectionError, OSError) as exc:
+            except RECONNECT_RETRY as exc:
                 log.debug("%s: reconnect failed: %s", self.user, exc)
-            delay = min(delay * 2, 1.0)
 
     async def close(self) -> None:
         self._closing = True
@@ -570,27 +580,28 @@ class SyncChatClient(ClientCore):
     def _on_disconnect(self, *reason: Any) -> None:
         for answered in list(self._pending):
             answered.set()  # with no ack in its box: CONNECTION_LOST
-        self.record("disconnect", reason=str(reason[0]) if reason else None)
+        self._note_disconnect(str(reason[0]) if reason else None)
         suppressed, self._suppress_reconnect = self._suppress_reconnect, False
         if not self._closing and self.reconnect and not suppressed and not self._reconnecting:
             self._reconnecting = True
             self.sio.start_background_task(self._reconnect_loop)
 
+    def _note_disconnect(self, reason: str | None) -> None:
+        self.record("disconnect", reason=reason)
+
     def _reconnect_loop(self) -> None:
-        delay = 0.05
         try:
-            while not self._closing:
+            for delay in reconnect_delays():
                 self.sio.sleep(delay)
-                if self.sio.connected:  # the application connected again meanwhile
+                if self._closing or self.sio.connected:  # closed, or connected meanwhile
                     return
                 try:
                     self.connect(timeout=5)
                     return
                 except ConnectRefused:
                     return  # the stage refuses this user: retrying will not change that
-                except (ClientError, socketio.exceptions.ConnectionError, OSError) as exc:
+                except RECONNECT_RETRY as exc:
                     log.debug("%s: reconnect failed: %s", self.user, exc)
-                delay = min(delay * 2, 1.0)
         finally:
             self._reconnecting = False
 

@@ -69,11 +69,9 @@ class LoadClient(SyncChatClient):
         super().connect(timeout)
         self.online = True
 
-    def _on_disconnect(self, *reason: Any) -> None:
-        if self._quiet_disconnect:  # closing a connection already counted as lost
-            self._suppress_reconnect = False
-        else:
-            super()._on_disconnect(*reason)
+    def _note_disconnect(self, reason: str | None) -> None:
+        if not self._quiet_disconnect:  # closing a connection already counted as lost
+            super()._note_disconnect(reason)
 
     def _on_message(self, data: Any) -> None:
         if self.silenced:

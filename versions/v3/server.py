@@ -22,7 +22,8 @@ from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from imlab import protocol as p
-from imlab.kafka import ConsumerLoop, KafkaLink, Membership
+from imlab.consumers import make_consumer
+from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, Message, ProtocolError
 from imlab.routing import Relay, Routes, by_node
 from imlab.server import HistoryServer, StageServer, base_parser, serve
@@ -75,7 +76,7 @@ class Server(HistoryServer):
         self,
         node: str,
         redis_url: str,
-        kafka_bootstrap: str,
+        kafka: KafkaOptions,
         *,
         group_topics: str = "per-group",
         consumer_group: str = "imlab-v3",
@@ -93,10 +94,12 @@ class Server(HistoryServer):
         base = {DM_TOPIC: DM_PARTITIONS}
         if self.shared_group_topic:
             base[SHARED_GROUP_TOPIC] = DM_PARTITIONS
-        self.link = KafkaLink(kafka_bootstrap, base, self.metrics, client_id=node)
-        self.consumer = ConsumerLoop(
+        self.link = KafkaLink(kafka, base, self.metrics, client_id=node)
+        self.consumer = make_consumer(
+            kafka.ownership,
             self.link,
-            Membership(self.redis, consumer_group, node),
+            self.redis,
+            consumer_group,
             TOPIC_PATTERN,
             self.process,
             self.metrics,
@@ -119,6 +122,7 @@ class Server(HistoryServer):
     def health(self) -> dict[str, Any]:
         return {
             "ok": True,
+            "ready": self.link.epoch > 0 and self.consumer.running,
             "kafka": self.link.health(),
             "consumer": self.consumer.health(),
             "relay": self.relay.health(),
@@ -220,7 +224,7 @@ def _s(value: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser("imlab stage v3 server: N servers, routing in Redis, Kafka in between")
     parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    parser.add_argument("--kafka-bootstrap", required=True, help="HOST:PORT of any Kafka broker")
+    KafkaOptions.add_arguments(parser)
     parser.add_argument(
         "--group-topics",
         choices=("per-group", "shared"),
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     server = Server(
         args.node or f"v3-{args.port}",
         args.redis_url,
-        args.kafka_bootstrap,
+        KafkaOptions.from_args(args),
         group_topics=args.group_topics,
         consumer_group=args.consumer_group,
     )

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from imlab import auth
 from imlab import protocol as p
-from imlab.kafka import KafkaLink
+from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, ProtocolError
 from imlab.routing import Relay, Routes, by_node
 from imlab.server import HistoryServer, StageServer, base_parser, serve
@@ -37,7 +37,7 @@ class Gateway(HistoryServer):
         self,
         node: str,
         redis_url: str,
-        kafka_bootstrap: str,
+        kafka: KafkaOptions,
         secret: str,
         *,
         group_topics: str = "per-group",
@@ -50,9 +50,7 @@ class Gateway(HistoryServer):
         self.store = MessageStore(self.redis)
         self.routes = Routes(self.redis, node)
         self.scheme = group_topics
-        self.link = KafkaLink(
-            kafka_bootstrap, topics.base_topics(group_topics), self.metrics, client_id=node
-        )
+        self.link = KafkaLink(kafka, topics.base_topics(group_topics), self.metrics, client_id=node)
         self.relay = Relay(self.redis, node, self.push, self.metrics)
 
     async def startup(self) -> None:
@@ -65,7 +63,12 @@ class Gateway(HistoryServer):
         await self.redis.aclose()
 
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "kafka": self.link.health(), "relay": self.relay.health()}
+        return {
+            "ok": True,
+            "ready": self.link.epoch > 0,
+            "kafka": self.link.health(),
+            "relay": self.relay.health(),
+        }
 
     # ------------------------------------------------------------ identity and routing
 
@@ -133,7 +136,7 @@ class Gateway(HistoryServer):
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser("imlab stage v4 gateway: connections, identity, store, publish")
     parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    parser.add_argument("--kafka-bootstrap", required=True, help="HOST:PORT of any Kafka broker")
+    KafkaOptions.add_arguments(parser)
     parser.add_argument("--secret", default=None, help=f"token secret (default ${auth.SECRET_ENV})")
     parser.add_argument("--group-topics", choices=topics.CHOICES, default="per-group")
     args = parser.parse_args(argv)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     gateway = Gateway(
         args.node or f"gateway-{args.port}",
         args.redis_url,
-        args.kafka_bootstrap,
+        KafkaOptions.from_args(args),
         secret,
         group_topics=args.group_topics,
     )

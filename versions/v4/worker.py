@@ -18,7 +18,8 @@ from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
 from imlab import protocol as p
-from imlab.kafka import ConsumerLoop, KafkaLink, Membership
+from imlab.consumers import make_consumer
+from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.metrics import Metrics
 from imlab.protocol import Message
 from imlab.routing import Relay, Routes, by_node
@@ -38,7 +39,7 @@ class Worker:
         self,
         node: str,
         redis_url: str,
-        kafka_bootstrap: str,
+        kafka: KafkaOptions,
         *,
         group_topics: str = "per-group",
         consumer_group: str = "imlab-v4-workers",
@@ -51,15 +52,17 @@ class Worker:
         self.store = MessageStore(self.redis)
         self.routes = Routes(self.redis, node)
         self.link = KafkaLink(
-            kafka_bootstrap,
+            kafka,
             topics.base_topics(group_topics),
             self.metrics,
             client_id=node,
             produce=False,
         )
-        self.consumer = ConsumerLoop(
+        self.consumer = make_consumer(
+            kafka.ownership,
             self.link,
-            Membership(self.redis, consumer_group, node),
+            self.redis,
+            consumer_group,
             topics.PATTERN,
             self.process,
             self.metrics,
@@ -108,6 +111,7 @@ class Worker:
             "stage": self.stage,
             "node": self.node,
             "ok": True,
+            "ready": self.link.epoch > 0 and self.consumer.running,
             "kafka": self.link.health(),
             "consumer": self.consumer.health(),
         }
@@ -120,14 +124,14 @@ class Worker:
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser("imlab stage v4 worker: Kafka -> members' gateways")
     parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    parser.add_argument("--kafka-bootstrap", required=True, help="HOST:PORT of any Kafka broker")
+    KafkaOptions.add_arguments(parser)
     parser.add_argument("--group-topics", choices=topics.CHOICES, default="per-group")
     parser.add_argument("--consumer-group", default="imlab-v4-workers")
     args = parser.parse_args(argv)
     worker = Worker(
         args.node or f"worker-{args.port}",
         args.redis_url,
-        args.kafka_bootstrap,
+        KafkaOptions.from_args(args),
         group_topics=args.group_topics,
         consumer_group=args.consumer_group,
     )

@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from imlab.brokers import BROKER_KINDS
 from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
+from imlab.kafka import OWNERSHIPS
 from imlab.services import RedisService, install_signal_handlers, stop_all
 
 Command = Callable[[argparse.Namespace], int]
@@ -45,9 +47,29 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="v4 consumer workers")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     parser.add_argument(
-        "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting Tansu"
+        "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting one"
     )
+    add_broker_args(parser)
     parser.add_argument("--secret", default=DEFAULT_SECRET, help="v4 token signing secret")
+
+
+def add_broker_args(parser: argparse.ArgumentParser) -> None:
+    """How v3/v4 get their Kafka cluster (shared by up, load and compare)."""
+    parser.add_argument(
+        "--broker",
+        choices=BROKER_KINDS,
+        default="auto",
+        help="Apache Kafka (kafka), Tansu (tansu), or auto: Apache Kafka where Java runs",
+    )
+    parser.add_argument(
+        "--brokers", type=int, default=1, help="Kafka nodes (3: replication 3, min ISR 2)"
+    )
+    parser.add_argument(
+        "--ownership",
+        choices=OWNERSHIPS,
+        default="kafka",
+        help="consumers share partitions by Kafka's consumer groups or by Redis rendezvous",
+    )
 
 
 def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
@@ -58,6 +80,9 @@ def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
         workers=args.workers,
         redis_url=args.redis_url,
         kafka_bootstrap=args.kafka_bootstrap,
+        broker=args.broker,
+        brokers=args.brokers,
+        ownership=args.ownership,
         secret=args.secret,
     )
 
@@ -105,7 +130,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"stage {args.stage} is up:")
         if cluster.redis_url:
             print(f"  redis   {cluster.redis_url}")
-        if cluster.kafka_bootstrap:
+        if cluster.kafka is not None:
+            b = cluster.kafka
+            print(f"  kafka   {b.bootstrap}  ({b.kind} {b.version}, {b.brokers} broker(s))")
+        elif cluster.kafka_bootstrap:
             print(f"  kafka   {cluster.kafka_bootstrap}")
         for name, svc in {**cluster.nodes, **cluster.workers}.items():
             print(f"  {name:<10} {svc.url}  (log {svc.log_path})")

@@ -1,6 +1,7 @@
-"""A whole stage on this machine: its Redis, its Kafka broker and its processes
-(servers, gateways, workers), started on free loopback ports into one run folder
-with logs and a manifest, and stopped together.
+"""A whole stage on this machine: its Redis, its Kafka cluster (Apache Kafka by
+default, `imlab.brokers`) and its processes (servers, gateways, workers), started
+on free loopback ports into one run folder with logs and a manifest, and stopped
+together.
 
 `imlab up`, `imlab load` and the test fixtures all go through `Cluster`, so a
 stage runs the same way everywhere. Stage processes are named here by module
@@ -19,7 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from imlab.services import KafkaService, ProcessService, RedisService, Service
+from imlab.brokers import Broker, make_broker, resolve_kind
+from imlab.kafka import OWNERSHIPS, KafkaOptions
+from imlab.services import ProcessService, RedisService, Service
 
 STAGES = ("v1", "v2", "v3", "v4")
 DEFAULT_SECRET = "imlab-dev-secret-change-me-32-bytes-min"  # HS256 wants >= 32 bytes
@@ -34,7 +37,11 @@ class ClusterSpec:
     servers: int = 1  # v3 servers, v4 gateways
     workers: int = 2  # v4 consumer workers
     redis_url: str | None = None  # use this Redis instead of starting one
-    kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting Tansu
+    kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting one
+    broker: str = "auto"  # kafka (Apache Kafka), tansu, or auto: kafka where Java runs
+    brokers: int = 1  # nodes of the Kafka cluster (replication factor = brokers)
+    ownership: str = "kafka"  # consumers share partitions by Kafka's groups, or via Redis
+    kafka_drop: float = 0.0  # fault: each publish dropped (and acked) with this probability
     secret: str = DEFAULT_SECRET  # v4 token signing secret
     durable_redis: bool = False  # keep an AOF, so a Redis kill/restart loses nothing
     extra_args: list[str] = field(default_factory=list)
@@ -46,6 +53,12 @@ class ClusterSpec:
             self.servers = 1
         if self.servers < 1 or (self.stage == "v4" and self.workers < 1):
             raise ValueError("a stage needs at least one server/gateway (and one v4 worker)")
+        if self.ownership not in OWNERSHIPS:
+            raise ValueError(f"unknown ownership {self.ownership!r}; choose from {OWNERSHIPS}")
+        if self.needs_kafka and not self.kafka_bootstrap:
+            self.broker = resolve_kind(self.broker)
+            if self.broker == "tansu" and self.brokers != 1:
+                raise ValueError("Tansu runs as a single node; use --broker kafka for a cluster")
 
     @property
     def needs_redis(self) -> bool:
@@ -86,7 +99,7 @@ class Cluster:
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.redis: RedisService | None = None
-        self.kafka: KafkaService | None = None
+        self.kafka: Broker | None = None
         self.nodes: dict[str, ProcessService] = {}  # servers/gateways (client-facing)
         self.workers: dict[str, ProcessService] = {}
         self.started_at: float | None = None
@@ -105,8 +118,31 @@ class Cluster:
     def endpoints(self) -> list[str]:
         return [svc.url for svc in self.nodes.values()]
 
+    @property
+    def kafka_options(self) -> KafkaOptions:
+        """What every stage process is told about the Kafka cluster."""
+        replication, idempotent = 1, True  # an external cluster: assume a plain Kafka
+        if self.kafka is not None:
+            replication, idempotent = self.kafka.replication, self.kafka.idempotent_producer
+        return KafkaOptions(
+            bootstrap=str(self.kafka_bootstrap),
+            replication=replication,
+            idempotent=idempotent,
+            ownership=self.spec.ownership,
+            drop_rate=self.spec.kafka_drop,
+        )
+
+    def broker_info(self) -> dict[str, Any] | None:
+        if self.kafka is not None:
+            return self.kafka.info()
+        if self.spec.kafka_bootstrap:
+            return {"name": "external", "bootstrap": self.spec.kafka_bootstrap}
+        return None
+
     def services(self) -> list[Service]:
-        infra: list[Service] = [s for s in (self.redis, self.kafka) if s is not None]
+        infra: list[Service] = [self.redis] if self.redis is not None else []
+        if self.kafka is not None:
+            infra += self.kafka.nodes
         return [*infra, *self.nodes.values(), *self.workers.values()]
 
     # ------------------------------------------------------------ lifecycle
@@ -117,7 +153,8 @@ class Cluster:
             if self.spec.needs_redis and not self.spec.redis_url:
                 self.redis = RedisService(self.logs, durable=self.spec.durable_redis).start()
             if self.spec.needs_kafka and not self.spec.kafka_bootstrap:
-                self.kafka = KafkaService(self.logs).start()
+                self.kafka = make_broker(self.spec.broker, self.logs, self.spec.brokers)
+                self.kafka.start()
             for name, svc in self._plan():
                 (self.workers if "worker" in name else self.nodes)[name] = svc
             procs = [*self.nodes.values(), *self.workers.values()]
@@ -132,8 +169,12 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        for svc in reversed(self.services()):
+        for svc in reversed([*self.nodes.values(), *self.workers.values()]):
             svc.stop()
+        if self.kafka is not None:
+            self.kafka.close()
+        if self.redis is not None:
+            self.redis.stop()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -146,7 +187,7 @@ class Cluster:
         if self.spec.needs_redis:
             args += ["--redis-url", str(self.redis_url)]
         if self.spec.needs_kafka:
-            args += ["--kafka-bootstrap", str(self.kafka_bootstrap)]
+            args += self.kafka_options.argv()
         return args + self.spec.extra_args
 
     def _process(self, name: str, module: str, args: list[str]) -> ProcessService:
@@ -188,6 +229,7 @@ class Cluster:
             "endpoints": self.endpoints,
             "redis_url": self.redis_url,
             "kafka_bootstrap": self.kafka_bootstrap,
+            "broker": self.broker_info(),
             "processes": {
                 name: {"pid": svc.pid, "url": svc.url, "log": str(svc.log_path)}
                 for name, svc in {**self.nodes, **self.workers}.items()

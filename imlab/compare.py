@@ -104,7 +104,15 @@ def plan_cases(
 # ---------------------------------------------------------------- running
 
 
-def run_case(case: Case, run_dir: Path, seed: int) -> Path:
+@dataclass(frozen=True)
+class BrokerChoice:
+    """The Kafka cluster the real v3/v4 runs use (`--broker`, `--brokers`)."""
+
+    kind: str = "auto"
+    brokers: int = 1
+
+
+def run_case(case: Case, run_dir: Path, seed: int, broker: BrokerChoice | None = None) -> Path:
     """Carry out one case into `run_dir`; returns the run folder (with metrics.json)."""
     same: dict[str, Any] = {
         "stage": case.stage,
@@ -121,7 +129,10 @@ def run_case(case: Case, run_dir: Path, seed: int) -> Path:
         from imlab.cluster import ClusterSpec
         from loadtest.runner import LoadOptions, run_load
 
-        spec = ClusterSpec(case.stage, servers=NODES.get(case.stage, 1))
+        b = broker or BrokerChoice()
+        spec = ClusterSpec(
+            case.stage, servers=NODES.get(case.stage, 1), broker=b.kind, brokers=b.brokers
+        )
         opts = LoadOptions(**same, max_drain=10.0, cluster=spec)
         return run_load(opts, out=io.StringIO()).run_dir
     from sim.run import SimOptions, run_sim
@@ -150,7 +161,12 @@ def _eta(done: list[tuple[Case, float]], remaining: Sequence[Case]) -> float:
 
 
 def compare(
-    cases: Sequence[Case], out_dir: Path, *, seed: int = 1, out: TextIO | None = None
+    cases: Sequence[Case],
+    out_dir: Path,
+    *,
+    seed: int = 1,
+    out: TextIO | None = None,
+    broker: BrokerChoice | None = None,
 ) -> dict[str, Any]:
     """Run every case, build the report, return a summary (also written as compare.json)."""
     out = out or sys.stdout
@@ -169,7 +185,7 @@ def compare(
         t0 = time.time()
         entry: dict[str, Any] = {"case": asdict(case), "run_dir": str(runs_dir / name)}
         try:
-            run_case(case, runs_dir / name, seed)
+            run_case(case, runs_dir / name, seed, broker)
             entry["ok"] = True
         except Exception as exc:  # one failed case is reported; the comparison goes on
             entry["ok"] = False
@@ -219,7 +235,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     real = sum(c.kind == "real" for c in cases)
     print(f"imlab compare: {len(cases)} runs ({real} real, {len(cases) - real} simulated) "
           f"into {out_dir}", flush=True)  # fmt: skip
-    summary = compare(cases, out_dir, seed=args.seed)
+    from imlab.brokers import resolve_kind
+
+    needs_kafka = any(c.kind == "real" and c.stage in ("v3", "v4") for c in cases)
+    kind = resolve_kind(args.broker) if needs_kafka else args.broker
+    broker = BrokerChoice(kind, args.brokers)
+    if needs_kafka:
+        print(f"v3/v4 run on {kind} with {args.brokers} broker(s)", flush=True)
+    summary = compare(cases, out_dir, seed=args.seed, broker=broker)
     return 0 if all(r["ok"] for r in summary["cases"]) else 1
 
 
@@ -234,4 +257,7 @@ def register(sub: Any) -> None:
     c.add_argument("--no-real", action="store_true", help="skip the real runs")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--out", default=None, help="output folder (default runs/<time>-compare-all)")
+    c.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto",
+                   help="v3/v4 broker: Apache Kafka (auto: where Java runs) or Tansu")  # fmt: skip
+    c.add_argument("--brokers", type=int, default=1, help="Kafka nodes for v3/v4")
     c.set_defaults(func=cmd_compare)

@@ -274,6 +274,9 @@ def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
     return LoadRun(opts, out or sys.stdout).execute()
 
 
+FAULT_RECOVERY = 3.0  # seconds the drain waits after the last fault window closed
+
+
 class LoadRun:
     """One run's steps, in order; `execute()` stops every process it started, whatever
     happens, and judges the run only when all steps went through."""
@@ -295,6 +298,8 @@ class LoadRun:
         if self.faults.redis_restarts and not self.spec.durable_redis:
             # A killed Redis must come back with what it acknowledged, as a real one would.
             self.spec = dataclasses.replace(self.spec, durable_redis=True)
+        if self.faults.kafka_loss:  # the v3/v4 producers drop publishes at this rate
+            self.spec = dataclasses.replace(self.spec, kafka_drop=self.faults.kafka_loss)
         self.run_dir = opts.run_dir or new_run_dir("load", opts.stage, opts.runs_root)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.loadgen = self.run_dir / "loadgen"
@@ -317,10 +322,7 @@ class LoadRun:
     # ------------------------------------------------------------ the steps
 
     def execute(self) -> LoadResult:
-        saved_drop = os.environ.get("IMLAB_KAFKA_DROP")
         try:
-            if self.faults.kafka_loss:  # the v3/v4 producers read it at start
-                os.environ["IMLAB_KAFKA_DROP"] = str(self.faults.kafka_loss)
             self._start_stage()
             self._start_locust()
             self._await_users()
@@ -329,10 +331,6 @@ class LoadRun:
             self._final_sync()
         finally:
             self._stop()
-            if saved_drop is None:
-                os.environ.pop("IMLAB_KAFKA_DROP", None)
-            else:
-                os.environ["IMLAB_KAFKA_DROP"] = saved_drop
         return self._judge()
 
     def _start_stage(self) -> None:
@@ -424,14 +422,19 @@ class LoadRun:
         self.say.end_line()
 
     def _drain(self) -> None:
-        """Until nothing more arrives for `settle` seconds (or the cap)."""
+        """Until nothing more arrives for `settle` seconds (or the cap), and not before
+        `FAULT_RECOVERY` seconds after the last fault window closed: a broker or Redis
+        that is still coming back holds acked messages that are late, not lost."""
         opts = self.opts
         last_key: tuple[Any, ...] = ()
         stable_since = time.time()
         while (now := time.time()) < self.send_end + opts.max_drain:
             st = self._snapshot()
             key = (st.get("online"), *sorted(st.get("events", {}).items()))
-            if key != last_key:
+            recovering = self.live_faults is not None and not self.live_faults.settled(
+                FAULT_RECOVERY
+            )
+            if key != last_key or recovering:
                 last_key, stable_since = key, now
             elif now - stable_since >= opts.settle:
                 break
@@ -528,6 +531,7 @@ class LoadRun:
             "faults": faults,
             "faults_requested": self.faults.spec() if self.faults else "",
             "stage_features": sorted(self.features),
+            "broker": self.cluster.broker_info(),
             "machine": machine_info(),
             "versions": package_versions(),
             "cluster": {

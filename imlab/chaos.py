@@ -9,11 +9,13 @@ the checker sees the window rather than a request for one.
 
 - `redis-outage:D@T`  SIGSTOP Redis at T, SIGCONT at T+D (clients see timeouts)
 - `redis-restart:D@T` SIGKILL Redis at T, start it again at T+D (same port)
-- `broker-down:D@T`   SIGKILL the broker at T, start it again at T+D; it is
-                      memory-only, so everything it held is gone
+- `broker-down:D@T`   stop one Kafka broker (SIGTERM: a controlled shutdown) at T,
+                      start it again at T+D; `broker-down:all:D@T` the whole cluster.
+                      Apache Kafka keeps its data on disk; Tansu comes back empty
+- `broker-kill:D@T`   the same with SIGKILL (a crash); `broker-kill:all:D@T` too
 - `crash:NAME@T`      SIGKILL a server, gateway or worker at T (not restarted)
 - `kafka-loss:P` and `churn:F` are not scheduled here: the first is a drop rate
-  the v3/v4 producers apply (`IMLAB_KAFKA_DROP`), the second the load scenario's.
+  the v3/v4 producers apply (`--kafka-drop`), the second the load scenario's.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imlab.brokers import KafkaNode, TansuNode, kafka_metadata_ok
 from imlab.cluster import Cluster
-from imlab.services import Service, kafka_metadata_ok
-from sim.faults import BrokerDown, Crash, FaultPlan, RedisOutage, RedisRestart
+from imlab.services import Service
+from sim.faults import BrokerDown, BrokerKill, Crash, FaultPlan, RedisOutage, RedisRestart
 
 log = logging.getLogger("imlab.chaos")
 
@@ -52,7 +55,7 @@ class FaultRecord:
 
 def _answers(svc: Service, timeout: float = 0.3) -> bool:
     """Does the service answer a real request within `timeout`?"""
-    if svc.name == "kafka":
+    if isinstance(svc, KafkaNode | TansuNode):
         with contextlib.suppress(OSError):
             return kafka_metadata_ok(svc.host, svc.port, timeout)
         return False
@@ -87,6 +90,14 @@ class LiveFaults:
                 t.start()
                 self._threads.append(t)
         return self
+
+    def settled(self, grace: float = 0.0) -> bool:
+        """True once every scheduled fault has run and its window closed `grace` s ago."""
+        if any(t.is_alive() for t in self._threads):
+            return False
+        with self._lock:
+            ends = [r.end for r in self.records if r.end is not None]
+        return not ends or time.time() >= max(ends) + grace
 
     def stop(self) -> None:
         """End every window now (resume/restart what is down) and wait for the threads."""
@@ -128,11 +139,11 @@ class LiveFaults:
         self._record(rec)
 
     def _window(self, fault: RedisOutage | RedisRestart | BrokerDown) -> None:
-        svc: Service | None = self.cluster.kafka if isinstance(fault, BrokerDown) else None
-        if not isinstance(fault, BrokerDown):
-            svc = self.cluster.redis
+        if isinstance(fault, BrokerDown):
+            return self._broker_window(fault)
+        svc = self.cluster.redis
         if svc is None:
-            raise RuntimeError(f"{fault.kind}: this stage has no {fault.target} started by imlab")
+            raise RuntimeError(f"{fault.kind}: this stage has no Redis started by imlab")
         rec = FaultRecord(fault.kind, fault.target, time.time())
         if isinstance(fault, RedisOutage):
             svc.pause()
@@ -148,6 +159,42 @@ class LiveFaults:
         rec.end = time.time()
         up = _answers(svc, timeout=2.0)
         rec.detail.append("back: answering" if up else "back: not answering")
+        rec.verified = down and up
+        self._record(rec)
+
+    def _broker_window(self, fault: BrokerDown) -> None:
+        """Stop (or kill) one broker, or all, for the window; then start them again."""
+        broker = self.cluster.kafka
+        if broker is None:
+            raise RuntimeError(f"{fault.kind}: this stage has no Kafka cluster started by imlab")
+        # One broker: the first node (on a one-node cluster, the whole cluster).
+        nodes = broker.nodes if fault.scope == "all" else broker.nodes[:1]
+        target = "kafka" if fault.scope == "all" else nodes[0].name
+        rec = FaultRecord(fault.kind, target, time.time())
+        for node in nodes:
+            if isinstance(fault, BrokerKill):
+                node.kill()
+            else:
+                node.stop(timeout=30.0)
+        down = not any(_answers(n) for n in nodes)
+        rec.detail.append(
+            f"{len(nodes)} of {len(broker.nodes)} broker(s) "
+            + ("down: no answer" if down else "down: still answering")
+        )
+        self._sleep_until(fault.start + fault.duration)
+        for node in nodes:
+            node.spawn()
+        up = True
+        for node in nodes:
+            try:
+                node.wait_ready()
+            except Exception as exc:
+                up = False
+                rec.detail.append(f"{node.name} did not come back: {exc}")
+        rec.end = time.time()
+        rec.detail.append("back: answering" if up else "back: not answering")
+        if not broker.durable:
+            rec.detail.append(f"{broker.kind} is memory-only: it came back empty")
         rec.verified = down and up
         self._record(rec)
 

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
     p.add_argument("--workers", type=int, default=2, help="v4 workers (default 2)")
+    p.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default="kafka",
+        help="the broker modelled: Apache Kafka (durable, the default) or Tansu (memory only)",
+    )
+    p.add_argument("--brokers", type=int, default=1, help="Kafka nodes modelled (1 or 3)")
     p.add_argument("--params", default=None, help="parameter file from `imlab calibrate`")
     p.add_argument(
         "--trace",
@@ -83,6 +90,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             servers=args.servers,
             gateways=args.gateways,
             workers=args.workers,
+            broker=args.broker,
+            brokers=args.brokers,
             params=args.params,
             trace=args.trace,
             trace_events=args.trace_events,

@@ -1,7 +1,7 @@
 """The fault spec shared by the simulator and the real load tool, parsed into dataclasses.
 
 A spec is a comma-separated list such as
-`redis-outage:30s@60s,kafka-loss:0.01,broker-down:10s@30s,crash:gateway-1@45s,churn:0.2`.
+`redis-outage:30s@60s,kafka-loss:0.01,broker-kill:10s@30s,crash:gateway-1@45s,churn:0.2`.
 Times are offsets from the start of the run. This module has no simulation
 dependencies, so the load tool can import it as well.
 """
@@ -15,6 +15,7 @@ from typing import ClassVar
 
 __all__ = [
     "BrokerDown",
+    "BrokerKill",
     "Churn",
     "Crash",
     "Fault",
@@ -73,10 +74,26 @@ class RedisRestart(_Window):
 
 @dataclass(frozen=True, slots=True)
 class BrokerDown(_Window):
-    """The Kafka broker is down from `start` for `duration` seconds and loses all it held."""
+    """A Kafka broker is stopped at `start` (a controlled shutdown) and started again
+    `duration` seconds later; with `scope="all"` every broker of the cluster is.
 
+    Apache Kafka keeps its data across the restart; a memory-only broker (Tansu)
+    comes back empty. On a one-broker cluster "one" is the whole cluster."""
+
+    scope: str = "one"
     kind: ClassVar[str] = "broker-down"
     target: ClassVar[str] = "kafka"
+
+    def spec(self) -> str:
+        scope = "all:" if self.scope == "all" else ""
+        return f"{self.kind}:{scope}{format_duration(self.duration)}@{format_duration(self.start)}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerKill(BrokerDown):
+    """As `BrokerDown`, but the broker is killed (SIGKILL): no controlled shutdown."""
+
+    kind: ClassVar[str] = "broker-kill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +141,7 @@ class Churn:
         return f"{self.kind}:{self.fraction!r}"
 
 
-Fault = RedisOutage | RedisRestart | BrokerDown | KafkaLoss | Crash | Churn
+Fault = RedisOutage | RedisRestart | BrokerDown | BrokerKill | KafkaLoss | Crash | Churn
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +190,8 @@ _TARGET_RE = re.compile(r"[a-z][a-z0-9_]*-\d+")
 _FORMS = {
     RedisOutage.kind: "redis-outage:<duration>@<start>, e.g. redis-outage:30s@60s",
     RedisRestart.kind: "redis-restart:<duration>@<start>, e.g. redis-restart:5s@20s",
-    BrokerDown.kind: "broker-down:<duration>@<start>, e.g. broker-down:10s@30s",
+    BrokerDown.kind: "broker-down:[all:]<duration>@<start>, e.g. broker-down:10s@30s",
+    BrokerKill.kind: "broker-kill:[all:]<duration>@<start>, e.g. broker-kill:all:5s@30s",
     KafkaLoss.kind: "kafka-loss:<probability>, e.g. kafka-loss:0.01",
     Crash.kind: "crash:<process>@<time>, e.g. crash:gateway-1@45s",
     Churn.kind: "churn:<fraction of users>, e.g. churn:0.2",
@@ -235,6 +253,11 @@ def _parse_arg(kind: str, arg: str) -> Fault:
         if _TARGET_RE.fullmatch(head) is None:
             raise ValueError(f"{head!r} is not a process name like server-0 or gateway-1")
         return Crash(head, start)
+    scope = "one"
+    if kind in (BrokerDown.kind, BrokerKill.kind) and ":" in head:
+        scope, _, head = head.partition(":")
+        if scope != "all":
+            raise ValueError(f"{scope!r} is not a scope (leave it out for one broker, or say all)")
     duration = parse_duration(head)
     if duration <= 0:
         raise ValueError("the duration must be positive")
@@ -242,7 +265,9 @@ def _parse_arg(kind: str, arg: str) -> Fault:
         return RedisOutage(start, duration)
     if kind == RedisRestart.kind:
         return RedisRestart(start, duration)
-    return BrokerDown(start, duration)
+    if kind == BrokerKill.kind:
+        return BrokerKill(start, duration, scope)
+    return BrokerDown(start, duration, scope)
 
 
 def _fraction(text: str, what: str) -> float:

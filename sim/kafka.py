@@ -151,15 +151,15 @@ class Topic(Generic[V]):
 
 
 class Broker:
-    """A memory-only Kafka broker (like the Tansu broker the real stages use).
+    """A Kafka broker: durable (Apache Kafka) or memory-only (Tansu, `durable=False`).
 
     A publish travels `link` to the broker, is appended, and the ack travels
     `link` back. Each publish is dropped with probability `drop_prob`: the
     producer gets an error, or with `silent_drop` a false ack. While the broker
-    is down a publish fails after `request_timeout`; `fail()` loses every
-    record held, and a new epoch starts at `restore()`. For `stale_ack_window`
-    seconds after a restore, publishes are acked but lost: a producer that kept
-    metadata from before the restart (FACTS.md).
+    is down a publish fails after `request_timeout`. A memory-only broker's `fail()`
+    loses every record held, and a new epoch starts at `restore()`; for
+    `stale_ack_window` seconds after that restore, publishes are acked but lost: a
+    producer that kept metadata from before the restart (docs/SERVICES.md, Tansu).
 
     Every publish draws the same three numbers whatever happens to it, so runs
     that differ only in their faults keep all other draws in step.
@@ -176,6 +176,7 @@ class Broker:
         silent_drop: bool = False,
         request_timeout: float = 30.0,
         stale_ack_window: float = 0.0,
+        durable: bool = False,
     ) -> None:
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError("drop_prob must be between 0 and 1")
@@ -186,7 +187,8 @@ class Broker:
         self.drop_prob = drop_prob
         self.silent_drop = silent_drop
         self.request_timeout = request_timeout
-        self.stale_ack_window = stale_ack_window
+        self.stale_ack_window = 0.0 if durable else stale_ack_window
+        self.durable = durable
         self.topics: dict[str, Topic[Any]] = {}
         self._down = 0  # how many outages are in force; overlapping windows nest
         self.outages: list[tuple[float, float | None]] = []
@@ -209,11 +211,13 @@ class Broker:
         return topic
 
     def fail(self) -> None:
-        """Go down now, losing every record held. Calls nest, like `Station.fail`."""
+        """Go down now (a memory-only broker loses every record held). Calls nest."""
         self._down += 1
         if self._down > 1:
             return
         self.outages.append((self.env.now, None))
+        if self.durable:
+            return
         for topic in self.topics.values():
             for partition in topic.partitions:
                 self.lost_in_outages += partition._lose_everything()

@@ -89,6 +89,13 @@ class Params:
     kafka_reset: float = 1.0
     """after the stale-ack window, publishes fail while each process re-creates its
     topics and producer (`KafkaLink._reset`)"""
+    kafka_durable: bool = True
+    """Apache Kafka keeps its log across a restart; Tansu (memory only) does not, and
+    only then do the stale-ack window and the topic re-creation (`kafka_reset`) apply"""
+    kafka_brokers: int = 1
+    kafka_failover: float = 2.0
+    """with three brokers, one stopped or killed broker's partitions are unavailable this
+    long (leader election and the clients' metadata refresh), and nothing is lost"""
     kafka_rejoin: float = 1.5
     """after a broker restart, consumers deliver nothing until the watchdog noticed the
     empty broker and a fresh consumer took its partitions (4.5 s after a 3 s stop)"""

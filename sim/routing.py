@@ -78,10 +78,11 @@ class RoutingModel(StageModel):
         self.kafka_resets = []
         self.kafka_rejoins = []
         for b in self.faults.broker_downs:
-            back = base + b.end
-            self.kafka_resets.append(
-                (back + p.kafka_stale_window, back + p.kafka_stale_window + p.kafka_reset)
-            )
+            back = base + b.start + self.broker_outage(b)
+            if not p.kafka_durable:  # the link finds its topics gone and re-creates them
+                self.kafka_resets.append(
+                    (back + p.kafka_stale_window, back + p.kafka_stale_window + p.kafka_reset)
+                )
             self.kafka_rejoins.append((back, back + p.kafka_rejoin))
 
     def consumer_nodes(self) -> list[Node]:

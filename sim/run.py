@@ -16,6 +16,7 @@ sync, lost) and population latency percentiles from a 1%-wide histogram.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import resource
@@ -79,6 +80,8 @@ class SimOptions:
     servers: int | None = None  # v3 servers (default 3)
     gateways: int | None = None  # v4 gateways (default 2)
     workers: int = 2  # v4 workers
+    broker: str = "kafka"  # the broker modelled: kafka (durable) or tansu (memory only)
+    brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
     params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
     trace: str = "auto"  # auto | all | number of conversations
     trace_events: int = TRACE_EVENTS
@@ -198,6 +201,9 @@ def build_model(
     else:
         traced = trace_plan(sc, opts.trace, opts.trace_events, opts.seed)
     nodes, workers = node_counts(opts)
+    params = dataclasses.replace(
+        params, kafka_durable=opts.broker != "tansu", kafka_brokers=opts.brokers
+    )
     model = cls(
         sc,
         params,
@@ -266,6 +272,12 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "nodes": len(model.nodes),
         "workers": len(model.workers),
     }
+    broker_info = (
+        {"name": opts.broker, "modelled": True, "brokers": opts.brokers,
+         "replication": opts.brokers, "durable": opts.broker != "tansu"}
+        if model.uses_kafka
+        else None
+    )  # fmt: skip
     writer.params = params_out
     sim_info: dict[str, Any] = {
         "model": f"sim.{opts.stage}",
@@ -301,7 +313,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
             if c.group_id is not None
         },
         faults=list(plan.items),
-        extra={"kind": "sim", "sim": sim_info, "population": population},
+        extra={"kind": "sim", "sim": sim_info, "population": population, "broker": broker_info},
     )
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["started_at"] = writer.history.epoch(shift)

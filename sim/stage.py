@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import simpy
 
 from sim.engine import FifoServer, LogHistogram, Refused, Sampler
-from sim.faults import FaultPlan
+from sim.faults import BrokerDown, FaultPlan
 from sim.history import History
 from sim.kafka import Broker, ConsumerGroup, Record
 from sim.params import Dist, Params
@@ -327,6 +327,7 @@ class StageModel:
                 silent_drop=self.kafka_drop_is_silent(),
                 request_timeout=params.kafka_request_timeout,
                 stale_ack_window=params.kafka_stale_window,
+                durable=params.kafka_durable,
             )
             self.group = ConsumerGroup(
                 self.broker, f"imlab-{self.stage}", session_timeout=params.kafka_session_timeout
@@ -955,10 +956,17 @@ class StageModel:
             self.redis.down(base + r.start, base + r.end)
         if self.broker is not None:
             for b in self.faults.broker_downs:
-                self.broker.outage(base + b.start, b.duration)
+                self.broker.outage(base + b.start, self.broker_outage(b))
         for c in self.faults.crashes:
             node = self.find_node(c.target)
             self.at(base + c.at, partial(self.crash, node))
+
+    def broker_outage(self, fault: BrokerDown) -> float:
+        """How long the cluster is unavailable: one broker of three only until the
+        others lead its partitions (`kafka_failover`); else the fault's window."""
+        if fault.scope != "all" and self.p.kafka_brokers >= 3:
+            return min(fault.duration, self.p.kafka_failover)
+        return fault.duration
 
     def find_node(self, name: str) -> Node:
         for node in (*self.nodes, *self.workers):
@@ -1135,6 +1143,8 @@ class StageModel:
             "dropped": b.dropped,
             "timed_out": b.timed_out,
             "lost_in_outages": b.lost_in_outages,
+            "durable": b.durable,
+            "outages": [[round(s, 3), None if e is None else round(e, 3)] for s, e in b.outages],
             "group_lag_at_end": self.group.lag() if self.group is not None else None,
         }
 

@@ -2,9 +2,12 @@
 real processes and the checker's metrics.json must show the effect the seed predicts.
 
 - a Redis pause makes v2 sends fail or wait, and loses nothing that was acked;
-- a broker restart during v3 traffic loses acked messages (stored only after Kafka),
-  and the checker counts them; v4 stores before publishing, so the same restart
-  costs pushes that clients recover by sync, not messages;
+- on Apache Kafka a broker stopped during v3 traffic refuses or delays sends and
+  loses nothing acked (it keeps its log); on a three-broker cluster a killed broker
+  costs v4 nothing acked, and every member sees one order;
+- on the memory-only Tansu broker the same restart loses acked v3 messages (stored
+  only after Kafka), and the checker counts them; v4 stores before publishing, so
+  there it costs pushes that clients recover by sync, not messages;
 - a gateway crash in v4 loses no stored message: its users reconnect to the other
   gateway and sync.
 """
@@ -91,11 +94,47 @@ def test_redis_pause_makes_v2_sends_fail_or_wait_and_loses_nothing_acked(
     assert m["deliveries"]["delivered"] == m["deliveries"]["expected"]
 
 
-def test_broker_restart_loses_acked_v3_messages_and_the_checker_counts_them(
+def test_a_stopped_kafka_broker_delays_or_refuses_v3_sends_and_loses_nothing_acked(
     tmp_path: Path,
 ) -> None:
-    result = _load(tmp_path, "v3", "broker-down:2s@2s", cluster=ClusterSpec("v3", servers=2))
+    spec = ClusterSpec("v3", servers=2, broker="kafka")
+    result = _load(tmp_path, "v3", "broker-down:2s@2s", cluster=spec)
     fault = _fault(result, "broker-down")
+    assert result.manifest["broker"]["name"] == "kafka"
+    m = result.metrics
+    during = _sends_inside(result.run_dir, fault["start"] + 0.5, fault["end"] - 0.5)
+    assert during, "no sends were scheduled while the broker was down"
+    for ack in during:
+        if ack is not None and ack["ok"]:
+            assert ack["t"] >= fault["end"] - 0.5, ack  # acked only once it was back
+        elif ack is not None:
+            assert ack["err"] == "unavailable", ack
+    assert m["anomalies"] == dict.fromkeys(m["anomalies"], 0), m["anomalies"]
+    assert m["deliveries"]["delivered"] == m["deliveries"]["expected"] > 0
+
+
+def test_one_of_three_kafka_brokers_killed_costs_v4_nothing_acked(tmp_path: Path) -> None:
+    """Replication factor 3, min.insync.replicas 2: a broker killed mid-run loses no
+    acknowledged message, and every member of every group saw one order."""
+    spec = ClusterSpec("v4", servers=2, workers=2, broker="kafka", brokers=3)
+    result = _load(tmp_path, "v4", "broker-kill:3s@2s", cluster=spec)
+    fault = _fault(result, "broker-kill")
+    assert fault["target"] == "kafka-1"
+    broker = result.manifest["broker"]
+    assert broker["brokers"] == 3 and broker["replication"] == 3
+    m = result.metrics
+    assert m["sends"]["acked_ok"] > 0
+    assert m["anomalies"] == dict.fromkeys(m["anomalies"], 0), m["anomalies"]
+    assert m["deliveries"]["delivered"] == m["deliveries"]["expected"] > 0
+
+
+def test_tansu_restart_loses_acked_v3_messages_and_the_checker_counts_them(
+    tmp_path: Path,
+) -> None:
+    """Tansu keeps everything in memory: a restart forgets what v3 had acked."""
+    spec = ClusterSpec("v3", servers=2, broker="tansu")
+    result = _load(tmp_path, "v3", "broker-kill:2s@2s", cluster=spec)
+    fault = _fault(result, "broker-kill")
     m = result.metrics
     lost = m["deliveries"]["lost_examples"]
     assert m["anomalies"]["lost"] > 0 and m["deliveries"]["lost_messages"] > 0
@@ -108,10 +147,10 @@ def test_broker_restart_loses_acked_v3_messages_and_the_checker_counts_them(
     assert m["deliveries"]["push"] > 0
 
 
-def test_broker_restart_costs_v4_pushes_not_messages(tmp_path: Path) -> None:
-    spec = ClusterSpec("v4", servers=2, workers=2)
-    result = _load(tmp_path, "v4", "broker-down:2s@2s", cluster=spec)
-    _fault(result, "broker-down")
+def test_tansu_restart_costs_v4_pushes_not_messages(tmp_path: Path) -> None:
+    spec = ClusterSpec("v4", servers=2, workers=2, broker="tansu")
+    result = _load(tmp_path, "v4", "broker-kill:2s@2s", cluster=spec)
+    _fault(result, "broker-kill")
     m = result.metrics
     # the gateway stored each message before publishing it: the broker lost the
     # publish, the clients found the gap and synced

@@ -91,7 +91,10 @@ def test_windows_for_the_manifest() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("redis:30s@1s", "unknown fault 'redis:30s@1s': the kinds are broker-down, churn"),
+        (
+            "redis:30s@1s",
+            "unknown fault 'redis:30s@1s': the kinds are broker-down, broker-kill, churn",
+        ),
         ("redis-outage:30s", "missing @<start>; expected redis-outage:<duration>@<start>"),
         ("redis-outage", "expected redis-outage:<duration>@<start>, e.g. redis-outage:30s@60s"),
         ("broker-down:ten@1s", "'ten' is not a duration"),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sim.params import Params
+from sim.params import DEFAULTS, Params
 from sim.run import SimOptions, run_sim
 
 # How long a dead consumer keeps its partitions (the membership TTL and two beats).
@@ -136,7 +136,7 @@ def test_v4_worker_crash_delays_its_groups_by_the_session_timeout(tmp_path: Path
 
 
 @pytest.mark.parametrize("stage", ["v3", "v4"])
-def test_broker_down_refuses_sends_and_acks_some_writes_it_then_loses(
+def test_a_tansu_restart_refuses_sends_and_acks_some_writes_it_then_loses(
     tmp_path: Path, stage: str
 ) -> None:
     m = simulate(
@@ -148,6 +148,7 @@ def test_broker_down_refuses_sends_and_acks_some_writes_it_then_loses(
         rate=2.0,
         duration=20.0,
         faults="broker-down:3s@5s",
+        broker="tansu",
     )
     assert m["sends"]["acked_error_by_code"].get("unavailable", 0) > 0
     stale = m["sim"]["population"]["kafka"]["dropped"]  # acked in the stale-metadata window
@@ -156,6 +157,22 @@ def test_broker_down_refuses_sends_and_acks_some_writes_it_then_loses(
         assert m["deliveries"]["lost_messages"] >= stale
     else:  # stored at the gateway first: found by sync
         assert m["deliveries"]["lost"] == 0
+
+
+@pytest.mark.parametrize("stage", ["v3", "v4"])
+def test_a_kafka_restart_refuses_sends_and_loses_nothing(tmp_path: Path, stage: str) -> None:
+    kw: dict[str, Any] = {"stage": stage, "scenario": "group", "users": 48, "rate": 2.0,
+                          "duration": 20.0}  # fmt: skip
+    whole = simulate(tmp_path, f"{stage}-1", faults="broker-down:3s@5s", **kw)
+    assert whole["sends"]["acked_error_by_code"].get("unavailable", 0) > 0
+    assert whole["sim"]["population"]["kafka"]["dropped"] == 0
+    assert whole["deliveries"]["lost"] == 0
+    assert whole["sim"]["population"]["kafka"]["lost_in_outages"] == 0
+    # one broker of three: unavailable only for the failover, and nothing lost
+    one = simulate(tmp_path, f"{stage}-3", faults="broker-kill:3s@5s", brokers=3, **kw)
+    [(start, end)] = one["sim"]["population"]["kafka"]["outages"]
+    assert end - start == pytest.approx(DEFAULTS.kafka_failover)
+    assert one["deliveries"]["lost"] == 0
 
 
 def test_a_seed_fixes_the_run_to_the_byte(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt clean
+.PHONY: demo test lint fmt clean kafka
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,10 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Apache Kafka's jars, fetched once by Maven into .cache/kafka (a no-op when present;
+# without a JDK it says so and the stages fall back to Tansu).
+kafka: $(STAMP)
+	$(BIN)/python -m imlab.brokers fetch
+
+demo: $(STAMP) kafka
 	$(BIN)/imlab compare --quick
 
-test: $(STAMP)
+test: $(STAMP) kafka
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -29,4 +34,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .cache .pytest_cache .mypy_cache .ruff_cache

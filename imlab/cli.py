@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
 from imlab.services import RedisService, install_signal_handlers, stop_all
@@ -110,7 +110,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, svc in {**cluster.nodes, **cluster.workers}.items():
             print(f"  {name:<10} {svc.url}  (log {svc.log_path})")
         urls = " ".join(f"--url {u}" for u in cluster.endpoints)
-        hint = "--token $(imlab token alice --secret ...)" if args.stage == "v4" else "--user alice"
+        secret = "" if args.secret == DEFAULT_SECRET else f" --secret {args.secret}"
+        hint = f"--token $(imlab token alice{secret})" if args.stage == "v4" else "--user alice"
         print(f"chat with: imlab chat {urls} {hint}")
         print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)", flush=True)
         try:
@@ -131,85 +132,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- chat
 
 
-CHAT_HELP = """commands:
-  /to USER TEXT          send a direct message
-  /group A,B,C [NAME]    create a group with these members (you are added)
-  /g GROUP_ID TEXT       send to a group
-  /groups                list the groups you know
-  /latest                show the latest seq of each conversation
-  /drop                  drop the connection and come back (watch the catch-up)
-  /quit                  leave
-"""
-
-
-async def _chat(args: argparse.Namespace) -> int:
-    from imlab.client import AsyncChatClient, ClientError
-    from imlab.protocol import Message
-
-    def show(m: Message, via: str) -> None:
-        seq = "-" if m.seq is None else m.seq
-        print(f"\r[{m.conv} #{seq} via {via}] {m.sender}: {m.body}\n> ", end="", flush=True)
-
-    def show_group(g: dict[str, Any]) -> None:
-        print(f"\r[group {g.get('group_id')} created: {g.get('members')}]\n> ", end="", flush=True)
-
-    client = AsyncChatClient(
-        args.user or "anonymous",
-        args.url,
-        token=args.token,
-        on_message=show,
-        on_group=show_group,
-    )
-    await client.connect()
-    print(f"connected to {client.node} ({client.stage}) as {client.user}; /help for commands")
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            line = (await loop.run_in_executor(None, input, "> ")).strip()
-            if not line:
-                continue
-            cmd, _, rest = line.partition(" ")
-            try:
-                ack: dict[str, Any] | None = None
-                if cmd == "/quit":
-                    break
-                elif cmd == "/help":
-                    print(CHAT_HELP)
-                elif cmd == "/to":
-                    to, _, text = rest.partition(" ")
-                    ack = await client.send(to=to, body=text)
-                elif cmd == "/g":
-                    gid, _, text = rest.partition(" ")
-                    ack = await client.send(group=gid, body=text)
-                elif cmd == "/group":
-                    members, _, name = rest.partition(" ")
-                    ack = await client.create_group([m for m in members.split(",") if m], name)
-                elif cmd == "/groups":
-                    print(client.groups or "(none)")
-                elif cmd == "/latest":
-                    ack = await client.latest()
-                elif cmd == "/drop":
-                    await client.disconnect(reconnect=True)
-                    print("dropped; reconnecting ...")
-                else:
-                    print("unknown command; /help lists them")
-                if ack is not None:
-                    print(ack if not ack.get("ok") else {k: v for k, v in ack.items() if k != "ok"})
-            except ClientError as exc:
-                print(f"error: {exc}")
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        await client.close()
-    return 0
-
-
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive terminal chat client."""
+    from imlab.chat import chat
+
     if not args.user and not args.token:
-        print("give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
+        print("imlab chat: give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
         return 2
-    return asyncio.run(_chat(args))
+    return asyncio.run(chat(args.user, args.url, args.token))
 
 
 # ---------------------------------------------------------------- demo
@@ -269,13 +199,26 @@ def cmd_token(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in two lines instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n(`{self.prog} --help` shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imlab", description="A laboratory for the evolution of an IM server (v1..v4)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run one stage server in the foreground (v1-v3)")
+    s = sub.add_parser(
+        "serve",
+        help="run one stage server in the foreground (v1-v3)",
+        description="Run one server of stage v1, v2 or v3 in the foreground until Ctrl-C. "
+        "v2 and v3 start their own Redis unless --redis-url is given; v3 also needs a "
+        "broker (--kafka-bootstrap), so a whole v3 is easier with `imlab up v3`.",
+    )
     s.add_argument("stage", choices=("v1", "v2", "v3"))
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -283,31 +226,80 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kafka-bootstrap", default=None, help="v3: Kafka bootstrap HOST:PORT")
     s.set_defaults(func=cmd_serve)
 
-    u = sub.add_parser("up", help="start a whole stage (Redis, broker, all processes)")
+    u = sub.add_parser(
+        "up",
+        help="start a whole stage (Redis, broker, all processes)",
+        description="Start every process of a stage on this machine (Redis and the broker "
+        "where the stage needs them), print the URLs to chat with, and keep them running "
+        "until Ctrl-C. Logs and cluster.json go to the run folder.",
+    )
     u.add_argument("stage", choices=STAGES)
     add_cluster_args(u)
     u.add_argument("--run-dir", default=None, help="where logs and the manifest go")
     u.add_argument("--for-seconds", type=float, default=0, help="stop after this long (0: never)")
     u.set_defaults(func=cmd_up)
 
-    c = sub.add_parser("chat", help="interactive terminal chat")
+    c = sub.add_parser(
+        "chat",
+        help="interactive terminal chat",
+        description="A terminal chat client for a running stage: direct messages, groups, "
+        "and lines showing drops, reconnects and catch-up by sync. /help inside lists "
+        "the commands.",
+    )
     c.add_argument("--url", action="append", required=True, help="server URL (repeatable)")
     c.add_argument("--user", default=None, help="user id (v1-v3)")
     c.add_argument("--token", default=None, help="signed token (v4; see `imlab token`)")
     c.set_defaults(func=cmd_chat)
 
-    t = sub.add_parser("token", help="issue a signed token for v4")
+    t = sub.add_parser(
+        "token",
+        help="issue a signed token for v4",
+        description="Print a signed token naming USER, for `imlab chat --token` against v4. "
+        "The secret must be the one the stage was started with (imlab up's --secret).",
+    )
     t.add_argument("user")
     t.add_argument("--secret", default=DEFAULT_SECRET)
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     t.set_defaults(func=cmd_token)
 
-    d = sub.add_parser("demo", help="a scripted conversation on v2 with a drop and a catch-up")
+    d = sub.add_parser(
+        "demo",
+        help="a scripted conversation on v2 with a drop and a catch-up",
+        description="Start v2 with its own Redis, play a three-person conversation in which "
+        "one person drops off and catches up by sync, print what each saw, and stop.",
+    )
     d.set_defaults(func=cmd_demo)
 
     for module in _PLUGINS:
         importlib.import_module(module).register(sub)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    for name, sp in sub.choices.items():
+        if not sp.description:
+            sp.description = _help_of(sub, name)
+        # SUPPRESS keeps `imlab --debug CMD` from being reset by the subparser's default.
+        sp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
+
+
+def _help_of(sub: Any, name: str) -> str:
+    for action in sub._choices_actions:
+        if action.dest == name and action.help:
+            text = str(action.help)
+            return text[0].upper() + text[1:] + "."
+    return name
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line a user can act on; the exception type only when it adds meaning."""
+    from imlab.chat import ChatError
+    from imlab.client import ClientError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ChatError | ClientError | ValueError | OSError | TimeoutError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,6 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"imlab {args.command}: {error_line(exc)}", file=sys.stderr)
+        print("(imlab --debug ... shows the traceback)", file=sys.stderr)
+        return 1
     finally:
         stop_all()
 

@@ -87,10 +87,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return 130
     finally:
+        # also on SIGTERM (a SystemExit here): the server must not outlive this command
+        _stop_child(proc)
         stop_all()
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------- up

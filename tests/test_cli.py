@@ -4,12 +4,16 @@ shows drops, reconnects and catch-up."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from imlab.cli import build_parser
@@ -149,3 +153,41 @@ def test_serve_v3_without_a_broker_says_what_to_do(stage: str) -> None:
     out = subprocess.run([*IMLAB, "serve", stage, "--redis-url", "redis://127.0.0.1:1/0"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 2 and "imlab up v3" in out.stderr
+
+
+def test_sigterm_to_serve_leaves_no_process_behind(tmp_path: Path) -> None:
+    port = free_port()
+    serve = subprocess.Popen(
+        [*IMLAB, "serve", "v2", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            children = psutil.Process(serve.pid).children(recursive=True)
+            if any("versions.v2.server" in " ".join(c.cmdline()) for c in children):
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+            time.sleep(0.2)
+        else:
+            pytest.fail("imlab serve v2 did not come up")
+        assert len(children) >= 2  # the stage server and its Redis
+        bob = _chat(f"http://127.0.0.1:{port}", "bob")  # an open connection to close
+        time.sleep(1.5)
+        began = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(15)
+        took = time.monotonic() - began
+        _gone, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == [], [" ".join(p.cmdline()) for p in alive]
+        assert took < 4.0, f"imlab serve took {took:.1f}s to stop"
+        bob_out, _ = bob.communicate("/quit\n", timeout=30)
+        assert "* connection dropped" in bob_out, bob_out
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for child in children:  # a failing run must not leave them behind either
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

@@ -6,7 +6,7 @@ conversation, hands messages to the application in seq order (buffering a push
 that arrives ahead of a gap), and runs the seed's catch-up rule on every
 (re)connect: ask `latest` for y, and when the local max seq x < y, `sync` after x.
 The two transports only move requests and acks. Every send, ack, receipt,
-connect, disconnect and sync can be recorded as a history (DESIGN.md section 4).
+connect, disconnect and sync can be recorded as a history (docs/PROTOCOL.md section 5).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The checker: judge what the clients of one run saw and write the run's metrics.json.
 
-It reads only the run folder (manifest and histories, DESIGN.md section 4), so a
+It reads only the run folder (manifest and histories, docs/PROTOCOL.md sections 5-6), so a
 real run and a simulated run are judged by the same code. What it computes is
-DESIGN.md section 5, modelled on Jepsen's queue checkers: every acknowledged
+docs/PROTOCOL.md section 7, modelled on Jepsen's queue checkers: every acknowledged
 message must reach every expected recipient exactly once, and the order in which
 recipients saw messages must agree with the server's sequence, with each other,
 and with each sender's send order.

@@ -1,6 +1,6 @@
 """A Kafka-like log: a memory-only broker holding topics of partitioned append logs.
 
-It models what the stages depend on and what goes wrong with it (FACTS.md):
+It models what the stages depend on and what goes wrong with it (docs/SERVICES.md):
 publishes that are dropped with a probability, a broker-down window during
 which publishes time out and after which everything the broker held is gone,
 consumers that long-poll with a fetch wait, consumer lag, and consumer groups
@@ -159,7 +159,7 @@ class Broker:
     is down a publish fails after `request_timeout`; `fail()` loses every
     record held, and a new epoch starts at `restore()`. For `stale_ack_window`
     seconds after a restore, publishes are acked but lost: a producer that kept
-    metadata from before the restart (FACTS.md).
+    metadata from before the restart (docs/SERVICES.md).
 
     Every publish draws the same three numbers whatever happens to it, so runs
     that differ only in their faults keep all other draws in step.

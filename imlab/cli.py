@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -19,12 +20,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
-from imlab.services import RedisService, install_signal_handlers, stop_all
+from imlab.services import RedisService, Service, install_signal_handlers, stop_all
 
 Command = Callable[[argparse.Namespace], int]
 
 # Modules with `register(subparsers)` adding their own subcommands.
-_PLUGINS: list[str] = ["loadtest.cli", "reports.cli", "sim.cli", "imlab.compare"]
+_PLUGINS: list[str] = [
+    "imlab.stagectl",
+    "loadtest.cli",
+    "reports.cli",
+    "sim.cli",
+    "imlab.compare",
+]
 
 
 def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:
@@ -108,11 +115,16 @@ def _stop_child(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """A whole stage on this machine until Ctrl-C or until any of its processes dies."""
+    """A whole stage on this machine until Ctrl-C or until Redis or the broker is gone.
+
+    A stage process that dies is reported and the rest keep serving (failover is
+    the lesson); `imlab kill`, `imlab pause` and `imlab restart` act on it.
+    """
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("up", args.stage)
     cluster = Cluster(spec_from_args(args.stage, args), run_dir)
     print(f"starting {args.stage} into {run_dir} ...", flush=True)
     with cluster:
+        _write_up_manifest(cluster)
         print(f"stage {args.stage} is up:")
         if cluster.redis_url:
             print(f"  redis   {cluster.redis_url}")
@@ -124,20 +136,64 @@ def cmd_up(args: argparse.Namespace) -> int:
         secret = "" if args.secret == DEFAULT_SECRET else f" --secret {args.secret}"
         hint = f"--token $(imlab token alice{secret})" if args.stage == "v4" else "--user alice"
         print(f"chat with: imlab chat {urls} {hint}")
-        print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)", flush=True)
+        print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)")
+        print("faults from another terminal: imlab kill NODE | imlab restart NODE | "
+              "imlab pause redis|broker SECONDS", flush=True)  # fmt: skip
         try:
-            while True:
-                for service in cluster.services():
-                    if not service.running():
-                        tail = service.log_tail()
-                        print(f"{service.name} exited; stopping the stage. Log tail:\n{tail}")
-                        return 1
-                if args.for_seconds and time.time() - (cluster.started_at or 0) > args.for_seconds:
-                    return 0
-                time.sleep(0.5)
+            return _watch(cluster, args.for_seconds)
         except KeyboardInterrupt:
             print("\nstopping ...")
             return 0
+
+
+def _write_up_manifest(cluster: Cluster) -> None:
+    infra: dict[str, dict[str, Any]] = {}
+    if cluster.redis is not None:
+        infra["redis"] = {"pid": cluster.redis.pid, "url": cluster.redis.url}
+    if cluster.kafka is not None:
+        infra["broker"] = {"pid": cluster.kafka.pid, "bootstrap": cluster.kafka.bootstrap}
+    cluster.write_manifest({"up_pid": os.getpid(), "infra": infra})
+
+
+def _watch(cluster: Cluster, for_seconds: float) -> int:
+    from imlab.stagectl import answer, exit_reason, requests
+
+    infra: list[Service] = [s for s in (cluster.redis, cluster.kafka) if s is not None]
+    procs = {**cluster.nodes, **cluster.workers}
+    down: set[str] = set()
+    while True:
+        for base in infra:
+            if not base.running():
+                print(f"{base.name} is gone ({exit_reason(base)}); the stage cannot run without "
+                      f"it: stopping. Log tail:\n{base.log_tail()}", flush=True)  # fmt: skip
+                return 1
+        for name, svc in procs.items():
+            if svc.running():
+                down.discard(name)
+            elif name not in down:
+                down.add(name)
+                alive = [n for n, s in procs.items() if s.running()]
+                print(f"{name} exited ({exit_reason(svc)}); the stage keeps running on "
+                      f"{', '.join(alive) or 'nothing'}. `imlab restart {name}` starts it again",
+                      flush=True)  # fmt: skip
+        for name, request in requests(cluster.run_dir):
+            proc = procs.get(name)
+            if proc is None:
+                answer(request, f"failed: no process {name!r}")
+                continue
+            try:
+                proc.restart()
+            except Exception as exc:  # reported to the asking terminal; the stage goes on
+                answer(request, f"failed: {name}: {error_line(exc)}")
+                continue
+            down.discard(name)
+            _write_up_manifest(cluster)
+            text = f"{name} restarted on {proc.url} (pid {proc.pid})"
+            print(text, flush=True)
+            answer(request, text)
+        if for_seconds and time.time() - (cluster.started_at or 0) > for_seconds:
+            return 0
+        time.sleep(0.5)
 
 
 # ---------------------------------------------------------------- chat
@@ -306,9 +362,11 @@ def error_line(exc: BaseException) -> str:
     """An error as one line a user can act on; the exception type only when it adds meaning."""
     from imlab.chat import ChatError
     from imlab.client import ClientError
+    from imlab.stagectl import StageCtlError
 
     text = " ".join(str(exc).split())
-    if isinstance(exc, ChatError | ClientError | ValueError | OSError | TimeoutError) and text:
+    known = (ChatError, ClientError, StageCtlError, ValueError, OSError, TimeoutError)
+    if isinstance(exc, known) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -1,7 +1,7 @@
 """The baseline: every stage that exists, through the `dm`, `group` and `burst` scenarios
 at three load levels, repeated, under the same load in one sitting; the median of the
 repeats goes into docs/RESULTS.md with the machine, stage ratios against v2, and where
-the load generator rather than the server was the limit (DESIGN.md section 7).
+the load generator rather than the server was the limit (docs/PROTOCOL.md section 8).
 
     .venv/bin/python benchmarks/baseline.py            # the full run (about 20 min here)
     .venv/bin/python benchmarks/baseline.py --quick    # a smoke run; writes no RESULTS.md

@@ -10,23 +10,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from imlab.brokers import BROKER_KINDS
 from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
 from imlab.kafka import OWNERSHIPS
-from imlab.services import RedisService, install_signal_handlers, stop_all
+from imlab.services import RedisService, Service, install_signal_handlers, stop_all
 
 Command = Callable[[argparse.Namespace], int]
 
 # Modules with `register(subparsers)` adding their own subcommands.
-_PLUGINS: list[str] = ["loadtest.cli", "reports.cli", "sim.cli", "imlab.compare"]
+_PLUGINS: list[str] = [
+    "imlab.stagectl",
+    "loadtest.cli",
+    "reports.cli",
+    "sim.cli",
+    "imlab.compare",
+]
 
 
 def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:
@@ -112,21 +119,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return 130
     finally:
+        # also on SIGTERM (a SystemExit here): the server must not outlive this command
+        _stop_child(proc)
         stop_all()
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------- up
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """A whole stage on this machine until Ctrl-C or until any of its processes dies."""
+    """A whole stage on this machine until Ctrl-C or until Redis or the broker is gone.
+
+    A stage process that dies is reported and the rest keep serving (failover is
+    the lesson); `imlab kill`, `imlab pause` and `imlab restart` act on it.
+    """
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("up", args.stage)
     cluster = Cluster(spec_from_args(args.stage, args), run_dir)
     print(f"starting {args.stage} into {run_dir} ...", flush=True)
     with cluster:
+        _write_up_manifest(cluster)
         print(f"stage {args.stage} is up:")
         if cluster.redis_url:
             print(f"  redis   {cluster.redis_url}")
@@ -138,106 +161,89 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, svc in {**cluster.nodes, **cluster.workers}.items():
             print(f"  {name:<10} {svc.url}  (log {svc.log_path})")
         urls = " ".join(f"--url {u}" for u in cluster.endpoints)
-        hint = "--token $(imlab token alice --secret ...)" if args.stage == "v4" else "--user alice"
+        secret = "" if args.secret == DEFAULT_SECRET else f" --secret {args.secret}"
+        hint = f"--token $(imlab token alice{secret})" if args.stage == "v4" else "--user alice"
         print(f"chat with: imlab chat {urls} {hint}")
-        print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)", flush=True)
+        print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)")
+        print("faults from another terminal: imlab kill NODE | imlab restart NODE | "
+              "imlab pause redis|broker SECONDS", flush=True)  # fmt: skip
         try:
-            while True:
-                for service in cluster.services():
-                    if not service.running():
-                        tail = service.log_tail()
-                        print(f"{service.name} exited; stopping the stage. Log tail:\n{tail}")
-                        return 1
-                if args.for_seconds and time.time() - (cluster.started_at or 0) > args.for_seconds:
-                    return 0
-                time.sleep(0.5)
+            return _watch(cluster, args.for_seconds)
         except KeyboardInterrupt:
             print("\nstopping ...")
             return 0
 
 
-# ---------------------------------------------------------------- chat
+def _write_up_manifest(cluster: Cluster) -> None:
+    infra: dict[str, dict[str, Any]] = {}
+    if cluster.redis is not None:
+        infra["redis"] = {"pid": cluster.redis.pid, "url": cluster.redis.url}
+    if cluster.kafka is not None:
+        # `broker` is the first node (the whole broker when there is one); each node by name
+        for i, node in enumerate(cluster.kafka.nodes):
+            entry = {"pid": node.pid, "bootstrap": cluster.kafka.bootstrap}
+            infra[node.name] = entry
+            if i == 0:
+                infra["broker"] = entry
+    cluster.write_manifest({"up_pid": os.getpid(), "infra": infra})
 
 
-CHAT_HELP = """commands:
-  /to USER TEXT          send a direct message
-  /group A,B,C [NAME]    create a group with these members (you are added)
-  /g GROUP_ID TEXT       send to a group
-  /groups                list the groups you know
-  /latest                show the latest seq of each conversation
-  /drop                  drop the connection and come back (watch the catch-up)
-  /quit                  leave
-"""
+def _watch(cluster: Cluster, for_seconds: float) -> int:
+    from imlab.stagectl import answer, exit_reason, requests
 
-
-async def _chat(args: argparse.Namespace) -> int:
-    from imlab.client import AsyncChatClient, ClientError
-    from imlab.protocol import Message
-
-    def show(m: Message, via: str) -> None:
-        seq = "-" if m.seq is None else m.seq
-        print(f"\r[{m.conv} #{seq} via {via}] {m.sender}: {m.body}\n> ", end="", flush=True)
-
-    def show_group(g: dict[str, Any]) -> None:
-        print(f"\r[group {g.get('group_id')} created: {g.get('members')}]\n> ", end="", flush=True)
-
-    client = AsyncChatClient(
-        args.user or "anonymous",
-        args.url,
-        token=args.token,
-        on_message=show,
-        on_group=show_group,
-    )
-    await client.connect()
-    print(f"connected to {client.node} ({client.stage}) as {client.user}; /help for commands")
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            line = (await loop.run_in_executor(None, input, "> ")).strip()
-            if not line:
+    brokers: list[Service] = list(cluster.kafka.nodes) if cluster.kafka is not None else []
+    procs = {**cluster.nodes, **cluster.workers}
+    down: set[str] = set()
+    while True:
+        redis = cluster.redis
+        gone: list[Service] = [redis] if redis is not None and not redis.running() else []
+        if brokers and not any(b.running() for b in brokers):
+            gone += brokers  # a cluster of three keeps going on two
+        for base in gone:
+            print(f"{base.name} is gone ({exit_reason(base)}); the stage cannot run without "
+                  f"it: stopping. Log tail:\n{base.log_tail()}", flush=True)  # fmt: skip
+        if gone:
+            return 1
+        for name, svc in procs.items():
+            if svc.running():
+                down.discard(name)
+            elif name not in down:
+                down.add(name)
+                alive = [n for n, s in procs.items() if s.running()]
+                print(f"{name} exited ({exit_reason(svc)}); the stage keeps running on "
+                      f"{', '.join(alive) or 'nothing'}. `imlab restart {name}` starts it again",
+                      flush=True)  # fmt: skip
+        for name, request in requests(cluster.run_dir):
+            proc = procs.get(name)
+            if proc is None:
+                answer(request, f"failed: no process {name!r}")
                 continue
-            cmd, _, rest = line.partition(" ")
             try:
-                ack: dict[str, Any] | None = None
-                if cmd == "/quit":
-                    break
-                elif cmd == "/help":
-                    print(CHAT_HELP)
-                elif cmd == "/to":
-                    to, _, text = rest.partition(" ")
-                    ack = await client.send(to=to, body=text)
-                elif cmd == "/g":
-                    gid, _, text = rest.partition(" ")
-                    ack = await client.send(group=gid, body=text)
-                elif cmd == "/group":
-                    members, _, name = rest.partition(" ")
-                    ack = await client.create_group([m for m in members.split(",") if m], name)
-                elif cmd == "/groups":
-                    print(client.groups or "(none)")
-                elif cmd == "/latest":
-                    ack = await client.latest()
-                elif cmd == "/drop":
-                    await client.disconnect(reconnect=True)
-                    print("dropped; reconnecting ...")
-                else:
-                    print("unknown command; /help lists them")
-                if ack is not None:
-                    print(ack if not ack.get("ok") else {k: v for k, v in ack.items() if k != "ok"})
-            except ClientError as exc:
-                print(f"error: {exc}")
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        await client.close()
-    return 0
+                proc.restart()
+            except Exception as exc:  # reported to the asking terminal; the stage goes on
+                answer(request, f"failed: {name}: {error_line(exc)}")
+                continue
+            down.discard(name)
+            _write_up_manifest(cluster)
+            text = f"{name} restarted on {proc.url} (pid {proc.pid})"
+            print(text, flush=True)
+            answer(request, text)
+        if for_seconds and time.time() - (cluster.started_at or 0) > for_seconds:
+            return 0
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- chat
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive terminal chat client."""
+    from imlab.chat import chat
+
     if not args.user and not args.token:
-        print("give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
+        print("imlab chat: give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
         return 2
-    return asyncio.run(_chat(args))
+    return asyncio.run(chat(args.user, args.url, args.token))
 
 
 # ---------------------------------------------------------------- demo
@@ -297,13 +303,26 @@ def cmd_token(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in two lines instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n(`{self.prog} --help` shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imlab", description="A laboratory for the evolution of an IM server (v1..v4)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run one stage server in the foreground (v1-v3)")
+    s = sub.add_parser(
+        "serve",
+        help="run one stage server in the foreground (v1-v3)",
+        description="Run one server of stage v1, v2 or v3 in the foreground until Ctrl-C. "
+        "v2 and v3 start their own Redis unless --redis-url is given; v3 also needs a "
+        "broker (--kafka-bootstrap), so a whole v3 is easier with `imlab up v3`.",
+    )
     s.add_argument("stage", choices=("v1", "v2", "v3"))
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -311,31 +330,82 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kafka-bootstrap", default=None, help="v3: Kafka bootstrap HOST:PORT")
     s.set_defaults(func=cmd_serve)
 
-    u = sub.add_parser("up", help="start a whole stage (Redis, broker, all processes)")
+    u = sub.add_parser(
+        "up",
+        help="start a whole stage (Redis, broker, all processes)",
+        description="Start every process of a stage on this machine (Redis and the broker "
+        "where the stage needs them), print the URLs to chat with, and keep them running "
+        "until Ctrl-C. Logs and cluster.json go to the run folder.",
+    )
     u.add_argument("stage", choices=STAGES)
     add_cluster_args(u)
     u.add_argument("--run-dir", default=None, help="where logs and the manifest go")
     u.add_argument("--for-seconds", type=float, default=0, help="stop after this long (0: never)")
     u.set_defaults(func=cmd_up)
 
-    c = sub.add_parser("chat", help="interactive terminal chat")
+    c = sub.add_parser(
+        "chat",
+        help="interactive terminal chat",
+        description="A terminal chat client for a running stage: direct messages, groups, "
+        "and lines showing drops, reconnects and catch-up by sync. /help inside lists "
+        "the commands.",
+    )
     c.add_argument("--url", action="append", required=True, help="server URL (repeatable)")
     c.add_argument("--user", default=None, help="user id (v1-v3)")
     c.add_argument("--token", default=None, help="signed token (v4; see `imlab token`)")
     c.set_defaults(func=cmd_chat)
 
-    t = sub.add_parser("token", help="issue a signed token for v4")
+    t = sub.add_parser(
+        "token",
+        help="issue a signed token for v4",
+        description="Print a signed token naming USER, for `imlab chat --token` against v4. "
+        "The secret must be the one the stage was started with (imlab up's --secret).",
+    )
     t.add_argument("user")
     t.add_argument("--secret", default=DEFAULT_SECRET)
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     t.set_defaults(func=cmd_token)
 
-    d = sub.add_parser("demo", help="a scripted conversation on v2 with a drop and a catch-up")
+    d = sub.add_parser(
+        "demo",
+        help="a scripted conversation on v2 with a drop and a catch-up",
+        description="Start v2 with its own Redis, play a three-person conversation in which "
+        "one person drops off and catches up by sync, print what each saw, and stop.",
+    )
     d.set_defaults(func=cmd_demo)
 
     for module in _PLUGINS:
         importlib.import_module(module).register(sub)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    for name, sp in sub.choices.items():
+        if not sp.description:
+            sp.description = _help_of(sub, name)
+        # SUPPRESS keeps `imlab --debug CMD` from being reset by the subparser's default.
+        sp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
+
+
+def _help_of(sub: Any, name: str) -> str:
+    for action in sub._choices_actions:
+        if action.dest == name and action.help:
+            text = str(action.help)
+            return text[0].upper() + text[1:] + "."
+    return name
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line a user can act on; the exception type only when it adds meaning."""
+    from imlab.chat import ChatError
+    from imlab.client import ClientError
+    from imlab.stagectl import StageCtlError
+
+    text = " ".join(str(exc).split())
+    known = (ChatError, ClientError, StageCtlError, ValueError, OSError, TimeoutError)
+    if isinstance(exc, known) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,6 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"imlab {args.command}: {error_line(exc)}", file=sys.stderr)
+        print("(imlab --debug ... shows the traceback)", file=sys.stderr)
+        return 1
     finally:
         stop_all()
 

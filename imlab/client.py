@@ -6,7 +6,7 @@ conversation, hands messages to the application in seq order (buffering a push
 that arrives ahead of a gap), and runs the seed's catch-up rule on every
 (re)connect: ask `latest` for y, and when the local max seq x < y, `sync` after x.
 The two transports only move requests and acks. Every send, ack, receipt,
-connect, disconnect and sync can be recorded as a history (DESIGN.md section 4).
+connect, disconnect and sync can be recorded as a history (docs/PROTOCOL.md section 5).
 """
 
 from __future__ import annotations
@@ -135,6 +135,12 @@ class Inbox:
 
 MessageCallback = Callable[[Message, str], None]
 GroupCallback = Callable[[dict[str, Any]], None]
+# (url, node, is a reconnect): called once connected and introduced, before the catch-up.
+ConnectCallback = Callable[[str, str | None, bool], None]
+# (reason, will reconnect by itself)
+DisconnectCallback = Callable[[str | None, bool], None]
+# (conv, messages recovered by sync, the local max seq the sync started after)
+CatchUpCallback = Callable[[str, int, int], None]
 
 
 def ordered_endpoints(urls: Sequence[str], user: str) -> list[str]:
@@ -179,6 +185,9 @@ class ClientCore:
         recorder: HistoryRecorder | None = None,
         on_message: MessageCallback | None = None,
         on_group: GroupCallback | None = None,
+        on_connect: ConnectCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
+        on_catch_up: CatchUpCallback | None = None,
     ) -> None:
         self.user = user
         self.urls = [urls] if isinstance(urls, str) else list(urls)
@@ -187,6 +196,10 @@ class ClientCore:
         self.recorder = recorder
         self.on_message = on_message
         self.on_group = on_group
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.on_catch_up = on_catch_up
+        self.connects = 0
         self.inbox = Inbox()
         self.received: dict[str, list[Message]] = {}
         self.received_via: dict[str, int] = {"push": 0, "sync": 0}
@@ -294,6 +307,20 @@ class ClientCore:
             self.stage = ack.get("stage")
             self.node = ack.get("node")
             self.features = set(ack.get("features") or [])
+            if self.token is not None and isinstance(ack.get("user"), str):
+                self.user = ack["user"]  # with a token, the server says who we are
+
+    def note_connected(self) -> None:
+        """Record the connect and tell the application (after `hello`, before catch-up)."""
+        self.record("connect", url=self.url)
+        self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect(self.url or "", self.node, self.connects > 1)
+
+    def note_disconnected(self, reason: str | None, will_reconnect: bool) -> None:
+        self.record("disconnect", reason=reason)
+        if self.on_disconnect is not None:
+            self.on_disconnect(reason, will_reconnect)
 
     def catch_up_steps(self, only: dict[str, int] | None = None) -> Steps:
         """The seed's rule: ask `latest` (y); for each conversation with x < y, sync after x.
@@ -310,6 +337,8 @@ class ClientCore:
         else:
             targets = {c: -1 for c in only}
         for conv, latest in targets.items():
+            start = self.inbox.max_seq.get(conv, 0)
+            recovered = 0
             while True:
                 after = self.inbox.max_seq.get(conv, 0)
                 if 0 <= latest <= after:
@@ -319,7 +348,7 @@ class ClientCore:
                     break
                 messages = ack.get("messages") or []
                 for m in messages:
-                    self.handle_message(m, "sync")
+                    recovered += len(self.handle_message(m, "sync"))
                 self.record(
                     "sync",
                     conv=conv,
@@ -330,6 +359,8 @@ class ClientCore:
                 latest = int(ack.get("latest_seq") or 0)
                 if not messages or not ack.get("has_more"):
                     break
+            if self.on_catch_up is not None:
+                self.on_catch_up(conv, recovered, start)
 
 
 # ---------------------------------------------------------------- asyncio client
@@ -383,7 +414,7 @@ class AsyncChatClient(ClientCore):
 
     async def _after_connect(self) -> None:
         self.handle_hello(await self.call(p.HELLO, {}))
-        self.record("connect", url=self.url)
+        self.note_connected()
         self.connected.set()
         await self.catch_up()
 
@@ -395,9 +426,10 @@ class AsyncChatClient(ClientCore):
         for answer in list(self._pending):
             if not answer.done():
                 answer.set_result(CONNECTION_LOST)
-        self.record("disconnect", reason=str(reason[0]) if reason else None)
         suppressed, self._suppress_reconnect = self._suppress_reconnect, False
-        if not self._closing and self.reconnect and not suppressed:
+        again = not self._closing and self.reconnect and not suppressed
+        self.note_disconnected(str(reason[0]) if reason else None, again)
+        if again:
             self._spawn(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
@@ -548,6 +580,7 @@ class SyncChatClient(ClientCore):
         self._closing = False
         self._suppress_reconnect = False
         self._reconnecting = False
+        self._will_reconnect = False
         self._pending: set[threading.Event] = set()
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("connect_error", self.handle_connect_error)
@@ -574,20 +607,21 @@ class SyncChatClient(ClientCore):
 
     def _after_connect(self) -> None:
         self.handle_hello(self.call(p.HELLO, {}))
-        self.record("connect", url=self.url)
+        self.note_connected()
         self.catch_up()
 
     def _on_disconnect(self, *reason: Any) -> None:
         for answered in list(self._pending):
             answered.set()  # with no ack in its box: CONNECTION_LOST
-        self._note_disconnect(str(reason[0]) if reason else None)
         suppressed, self._suppress_reconnect = self._suppress_reconnect, False
-        if not self._closing and self.reconnect and not suppressed and not self._reconnecting:
+        self._will_reconnect = not self._closing and self.reconnect and not suppressed
+        self._note_disconnect(str(reason[0]) if reason else None)
+        if self._will_reconnect and not self._reconnecting:
             self._reconnecting = True
             self.sio.start_background_task(self._reconnect_loop)
 
     def _note_disconnect(self, reason: str | None) -> None:
-        self.record("disconnect", reason=reason)
+        self.note_disconnected(reason, self._will_reconnect)
 
     def _reconnect_loop(self) -> None:
         try:

@@ -278,13 +278,26 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# Seconds aiohttp waits on SIGTERM for open requests; every Socket.IO connection is
+# one that never ends by itself, so the default (60 s) only delays the exit.
+SHUTDOWN_TIMEOUT = 1.0
+
+
 def run_app(app: web.Application, host: str, port: int, log_level: str) -> None:
     """Serve until SIGINT/SIGTERM; cleanup hooks close backing-service connections."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True, access_log=None)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
 
 
 def serve(server: StageServer, host: str, port: int, log_level: str) -> None:

@@ -1,6 +1,6 @@
 """Watching a load run from outside: CPU use of the load generator and of the stage's
 processes (sampled with psutil), the Locust processes' status files, and the verdict
-whether the generator rather than the server was the limit (DESIGN.md section 7).
+whether the generator rather than the server was the limit (docs/PROTOCOL.md section 8).
 """
 
 from __future__ import annotations

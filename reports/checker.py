@@ -1,8 +1,8 @@
 """The checker: judge what the clients of one run saw and write the run's metrics.json.
 
-It reads only the run folder (manifest and histories, DESIGN.md section 4), so a
+It reads only the run folder (manifest and histories, docs/PROTOCOL.md sections 5-6), so a
 real run and a simulated run are judged by the same code. What it computes is
-DESIGN.md section 5, modelled on Jepsen's queue checkers: every acknowledged
+docs/PROTOCOL.md section 7, modelled on Jepsen's queue checkers: every acknowledged
 message must reach every expected recipient exactly once, and the order in which
 recipients saw messages must agree with the server's sequence, with each other,
 and with each sender's send order.
@@ -23,6 +23,14 @@ Definitions the numbers rest on:
   Messages that were not acked ok are never lost; their deliveries are counted
   as `delivered_unacked`.
 - a `recv` with no `via` counts as push.
+- a send is judged when its fate is known: acked with an error (refused, nothing
+  expected), or acked ok before the end (its deliveries are judged). A send never
+  acked, or acked ok after the end, is unjudged.
+- availability is acked ok / attempted. The verdict (`VERDICTS`) puts it beside the
+  anomalies: `clean` only when every send was judged and no anomaly was seen;
+  `anomalous` whenever one was; otherwise `unavailable` when fewer than half the
+  sends were acked ok, `unknown` when nothing could be judged, and `partial` when
+  some sends were judged, none anomalous, and the rest not.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ ANOMALY_KINDS = (
     "order_disagreements",
     "fifo_violations",
 )
+VERDICTS = ("clean", "partial", "anomalous", "unavailable", "unknown")
 _EXAMPLES = 20
 _EMPTY: frozenset[str] = frozenset()
 
@@ -573,7 +582,7 @@ def compute(run: Run) -> dict[str, Any]:
     d = _deliver(tally)
     msgs = tally.msgs
 
-    expected = delivered = lost = unjudged = lost_msgs = 0
+    expected = delivered = lost = unjudged = lost_msgs = unjudged_msgs = 0
     error_undelivered = unacked_undelivered = 0
     acked_ok = never_acked = 0
     errors: Counter[str] = Counter()
@@ -601,6 +610,7 @@ def compute(run: Run) -> dict[str, Any]:
                 fanout.append(m.last_push - m.intended)
             if missing and m.ok_t > clock.end:
                 unjudged += missing
+                unjudged_msgs += 1
             elif missing:
                 lost += missing
                 lost_msgs += 1
@@ -681,6 +691,17 @@ def compute(run: Run) -> dict[str, Any]:
     }
     attempted = len(msgs)
     acked_error = sum(errors.values())
+    judged = attempted - never_acked - unjudged_msgs
+    availability = {
+        "attempted": attempted,
+        "acked_ok": acked_ok,
+        "ok_ratio": _ratio(acked_ok, attempted),
+        "never_acked": never_acked,
+        "never_acked_ratio": _ratio(never_acked, attempted),
+        "judged_sends": judged,
+        "unjudged_sends": attempted - judged,
+    }
+    verdict, why = _verdict(availability, anomalies)
     metrics: dict[str, Any] = {
         "checker": {
             "version": CHECKER_VERSION,
@@ -749,6 +770,8 @@ def compute(run: Run) -> dict[str, Any]:
         "faults": _faults(run, tally, clock.t0),
         "series": series,
         "anomalies": anomalies,
+        "availability": availability,
+        "verdict": {"verdict": verdict, "why": why},
     }
     metrics["summary"] = {
         "stage": man.get("stage"),
@@ -770,9 +793,47 @@ def compute(run: Run) -> dict[str, Any]:
         "accepted_sends_per_s": metrics["throughput"]["accepted_sends_per_s"],
         "deliveries_per_s": metrics["throughput"]["deliveries_per_s"],
         "anomalies": sum(anomalies.values()),
-        "clean": not any(anomalies.values()),
+        "judged_sends": judged,
+        "verdict": verdict,
+        "clean": verdict == "clean",
     }
     return metrics
+
+
+def _verdict(availability: dict[str, Any], anomalies: dict[str, int]) -> tuple[str, str]:
+    """One of VERDICTS and the reason for it, in words."""
+    attempted = availability["attempted"]
+    ok = availability["acked_ok"]
+    never = availability["never_acked"]
+    judged = availability["judged_sends"]
+    found = {k: v for k, v in anomalies.items() if v}
+    if found:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in found.items())
+        n = sum(found.values())
+        return "anomalous", f"{n:,} {'anomaly' if n == 1 else 'anomalies'} ({kinds})"
+    if not attempted:
+        return "unknown", "no sends to judge"
+    if ok * 2 < attempted:
+        return "unavailable", (
+            f"only {ok:,} of {attempted:,} sends acked ok ({never:,} never acked); "
+            "no anomalies among the rest"
+        )
+    if not judged:
+        return "unknown", f"none of {attempted:,} sends could be judged"
+    if judged < attempted:
+        return "partial", (
+            f"no anomalies among {judged:,} judged sends; {attempted - judged:,} unjudged "
+            f"({never:,} never acked, {attempted - judged - never:,} acked after the end)"
+        )
+    return "clean", f"all {attempted:,} sends judged, no anomalies"
+
+
+def verdict_text(metrics: dict[str, Any]) -> str:
+    """`verdict: why`, also for a metrics.json older than the verdict (clean or anomalous)."""
+    v = metrics.get("verdict")
+    if isinstance(v, dict):
+        return f"{v.get('verdict')}: {v.get('why')}"
+    return "clean" if metrics.get("summary", {}).get("clean") else "anomalous"
 
 
 def push_latencies(run: Run) -> list[float]:
@@ -841,7 +902,17 @@ def summary_table(metrics: dict[str, Any]) -> str:
             f"sends {_fmt(s['accepted_sends_per_s'])}  deliveries {_fmt(s['deliveries_per_s'])}",
         ),
     ]
+    ratio = s["ack_ok_ratio"]
+    rows.append(
+        (
+            "availability",
+            f"{'-' if ratio is None else f'{ratio:.1%}'} acked ok "
+            f"({_fmt(s['acked_ok'])} of {_fmt(s['sends_attempted'])}), "
+            f"{_fmt(s['never_acked'])} never acked",
+        )
+    )
     rows += [(f"anomaly: {k}", _fmt(v)) for k, v in metrics["anomalies"].items()]
+    rows.append(("verdict", verdict_text(metrics)))
     rows.append(("clean", _fmt(s["clean"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

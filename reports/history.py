@@ -1,7 +1,7 @@
 """Reading run folders: the manifest and the merged, time-ordered event history.
 
 A run folder holds `manifest.json` and one `history*.jsonl` file per process
-(DESIGN.md section 4). This module knows that layout and nothing about what the
+(docs/PROTOCOL.md sections 5 and 6). This module knows that layout and nothing about what the
 events mean; the checker does the judging.
 """
 

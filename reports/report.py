@@ -40,6 +40,13 @@ def _offered(r: RunData) -> Text:
     return [o] if o is not None else ["n/a"]
 
 
+def _verdict(r: RunData) -> Text:
+    v = r.metrics.get("verdict")
+    if isinstance(v, dict):
+        return [str(v.get("verdict"))]
+    return ["clean" if r.metrics.get("summary", {}).get("clean") else "anomalous"]
+
+
 def _order(r: RunData) -> Text:
     return [Calc("sum", tuple(r.num(k) for k in _ORDER_KEYS))]
 
@@ -51,6 +58,7 @@ COLUMNS: tuple[tuple[str, Callable[[RunData], Text]], ...] = (
     ("stage", lambda r: [r.stage]),
     ("scenario", lambda r: [r.scenario]),
     ("fault", lambda r: [r.fault_label]),
+    ("verdict", _verdict),
     ("offered sends/s", _offered),
     ("sends ok", _n("sends.acked_ok")),
     ("sends err", _n("sends.acked_error")),
@@ -64,7 +72,7 @@ COLUMNS: tuple[tuple[str, Callable[[RunData], Text]], ...] = (
     ("p99 ms", _n("latency_ms.push.p99")),
     ("accepted sends/s", _n("throughput.accepted_sends_per_s")),
 )
-TEXT_COLUMNS = 5
+TEXT_COLUMNS = 6
 
 
 @dataclass
@@ -127,6 +135,8 @@ def _run_detail(r: RunData) -> str:
     sends += [r.num("sends.acked_error"), " error, ", r.num("sends.never_acked"), " never acked"]
     dl: Text = [r.num("deliveries.push"), " by push, ", r.num("deliveries.sync"), " by sync, "]
     dl += [r.num("deliveries.unjudged"), " unjudged (acked after the end)"]
+    avail: Text = [r.num("sends.acked_ok"), " of ", r.num("sends.attempted"), " acked ok, "]
+    avail += [r.num("sends.never_acked"), " never acked"]
     parts = [
         row("folder", [Code(str(r.path))]),
         row("kind, stage, scenario", [f"{r.kind}, {r.stage}, {r.scenario}"]),
@@ -134,6 +144,8 @@ def _run_detail(r: RunData) -> str:
         row("faults", _joined(faults) or ["none"]),
         row("sends", sends),
         row("deliveries", dl),
+        row("availability", avail),
+        row("verdict", _verdict(r)),
         row("events judged", [r.num("checker.events")]),
     ]
     warnings = r.metrics.get("checker", {}).get("warnings") or []

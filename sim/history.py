@@ -1,4 +1,4 @@
-"""Simulated runs written as real ones: DESIGN.md section 4 history records and a run folder.
+"""Simulated runs written as real ones: docs/PROTOCOL.md section 5 history records and a run folder.
 
 `History` turns what simulated clients do into the event records real clients
 write, with simulated time mapped to epoch seconds from a fixed base, and hands
@@ -87,7 +87,7 @@ class JsonlRecorder:
 
 
 class History:
-    """The clients' side of a simulated run, as DESIGN.md section 4 event records.
+    """The clients' side of a simulated run, as docs/PROTOCOL.md section 5 event records.
 
     Every method takes the simulated time `t` of the event; records carry
     `base_epoch + t`, rounded to the microsecond.

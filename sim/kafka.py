@@ -1,6 +1,6 @@
 """A Kafka-like log: a memory-only broker holding topics of partitioned append logs.
 
-It models what the stages depend on and what goes wrong with it (FACTS.md):
+It models what the stages depend on and what goes wrong with it (docs/SERVICES.md):
 publishes that are dropped with a probability, a broker-down window during
 which publishes time out and after which everything the broker held is gone,
 consumers that long-poll with a fetch wait, consumer lag, and consumer groups

@@ -5,7 +5,7 @@ Every duration is a distribution given by its mean and coefficient of variation
 (log-normal, or constant when cv is 0), in seconds. The built-in defaults were
 derived with `imlab calibrate` from three real v2 runs on this 2-core machine
 (see docs/RESULTS.md); the Kafka, worker and relay figures, which no v2 run can
-show, were set by hand against one real v4 run (FACTS.md for their shape).
+show, were set by hand against one real v4 run (docs/SERVICES.md for their shape).
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ class Params:
     redis_op: Dist = Dist(0.000037, 0.5)
     redis_pipelined_op: Dist = Dist(0.0000046, 0.5)
     """each further command of a pipeline (the relay's PUBLISHes): an eighth of a
-    command, the ratio of pipelined to sequential throughput in FACTS.md"""
+    command, the ratio of pipelined to sequential throughput in docs/SERVICES.md"""
     redis_timeout: float = 5.0
     redis_pool: int = 256
     """the servers' redis-py max_connections: calls beyond it fail at once"""
     """the servers' redis-py socket_timeout: a call with no answer fails after this"""
-    # Kafka (FACTS.md: fetch_max_wait 10 ms gives p50 3-5 ms end to end).
+    # Kafka (docs/SERVICES.md: fetch_max_wait 10 ms gives p50 3-5 ms end to end).
     kafka_link: Dist = Dist(0.0005, 0.5)
     kafka_fetch_wait: float = 0.010
     kafka_long_poll: bool = False

@@ -527,6 +527,7 @@ def test_cli_prints_the_summary_table(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "anomaly: lost" in out
     assert out.rstrip().splitlines()[-1].split() == ["clean", "yes"]
+    assert "100.0% acked ok (1 of 1), 0 never acked" in out
     assert summary_table(json.loads((run_dir / "metrics.json").read_text())) in out
 
 
@@ -538,6 +539,8 @@ def test_empty_run_folder(tmp_path: Path) -> None:
     assert m["latency_ms"]["push"]["count"] == 0
     assert m["checker"]["warnings"] == []
     assert "clean" in summary_table(m)
+    assert m["summary"]["clean"] is False
+    assert m["verdict"]["verdict"] == "unknown"
 
 
 def test_lost_message_scheduled_before_the_start_lands_in_the_first_bucket(
@@ -549,3 +552,64 @@ def test_lost_message_scheduled_before_the_start_lands_in_the_first_bucket(
     assert m["series"]["t"] == [-2, -1, 0]
     assert m["series"]["lost"] == [1, 0, 0]
     assert m["series"]["sends"] == [0, 0, 1]
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_most_sends_never_acked_is_unavailable_not_clean(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m0", seq=1)
+    h.recv(0.01, "b", "m0", "a", DM_AB, seq=1)
+    for i in range(1, 10):
+        h.send(float(i), "a", DM_AB, f"m{i}")  # never acked
+    m = check(h.write(tmp_path))
+    anomalies_except(m)
+    assert m["summary"]["clean"] is False
+    assert m["summary"]["verdict"] == m["verdict"]["verdict"] == "unavailable"
+    assert m["availability"] == {
+        "attempted": 10,
+        "acked_ok": 1,
+        "ok_ratio": 0.1,
+        "never_acked": 9,
+        "never_acked_ratio": 0.9,
+        "judged_sends": 1,
+        "unjudged_sends": 9,
+    }
+    table = summary_table(m)
+    assert "10.0% acked ok (1 of 10), 9 never acked" in table
+    rows = {line[:30].strip(): line[30:] for line in table.splitlines()}
+    assert rows["verdict"].startswith("unavailable: only 1 of 10 sends acked ok")
+    assert table.splitlines()[-1].split() == ["clean", "no"]
+
+
+def test_nothing_acked_at_all_is_not_clean(tmp_path: Path) -> None:
+    h = History()
+    for i in range(5):
+        h.send(float(i), "a", G, f"m{i}")
+    m = check(h.write(tmp_path, groups={"g1": ["a", "b"]}))
+    assert m["deliveries"]["expected"] == 0
+    assert (m["summary"]["verdict"], m["summary"]["clean"]) == ("unavailable", False)
+
+
+def test_a_few_unjudged_sends_make_the_run_partial(tmp_path: Path) -> None:
+    h = History()
+    for i in range(4):
+        h.sent(float(i), "a", DM_AB, f"m{i}", seq=i + 1)
+        h.recv(i + 0.01, "b", f"m{i}", "a", DM_AB, seq=i + 1)
+    h.send(4.0, "a", DM_AB, "m4")  # never acked
+    m = check(h.write(tmp_path))
+    assert (m["summary"]["verdict"], m["summary"]["clean"]) == ("partial", False)
+    assert m["availability"]["judged_sends"] == 4
+
+
+def test_refused_sends_are_judged_and_anomalies_win(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m0", seq=1)
+    h.recv(0.01, "b", "m0", "a", DM_AB, seq=1)
+    h.send(1.0, "a", DM_AB, "m1").ack(1.001, "a", "m1", err="recipient_offline")
+    h.sent(2.0, "a", DM_AB, "m2", seq=2)
+    m = check(h.write(tmp_path))
+    assert m["availability"]["judged_sends"] == 3
+    assert m["summary"]["verdict"] == "anomalous"
+    assert m["verdict"]["why"] == "1 anomaly (lost 1)"

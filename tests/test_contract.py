@@ -1,4 +1,4 @@
-"""The contract suite: the client protocol of DESIGN.md section 3, run unchanged
+"""The contract suite: the client protocol of docs/PROTOCOL.md sections 1-4, run unchanged
 against every stage (real processes, real Redis, real broker). A stage that lacks a
 capability must answer `unsupported`; where stages differ by design, the test says so.
 """

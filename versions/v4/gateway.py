@@ -32,6 +32,8 @@ class Gateway(HistoryServer):
     stage = "v4"
     features = frozenset({p.FEATURE_DM, p.FEATURE_GROUPS, p.FEATURE_HISTORY, p.FEATURE_TOKEN_AUTH})
     unavailable_errors = (*StageServer.unavailable_errors, KafkaError)
+    # The longest token life this stage accepts; a connection closes when its token expires.
+    max_token_life = auth.MAX_LIFETIME
 
     def __init__(
         self,
@@ -77,7 +79,7 @@ class Gateway(HistoryServer):
                 ErrorCode.UNAUTHORIZED, 'missing token: connect with auth {"token": "<signed>"}'
             )
         try:
-            ident = auth.verify_token(token, self.secret)
+            ident = auth.verify_token(token, self.secret, max_lifetime=self.max_token_life)
         except auth.AuthError as exc:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason) from None
         return Login(ident.user, ident.expires_at)

@@ -20,10 +20,19 @@ CREATE_GROUP = "create_group"
 LATEST = "latest"
 SYNC = "sync"
 CLIENT_EVENTS = (HELLO, SEND, CREATE_GROUP, LATEST, SYNC)
+# Names Socket.IO (server or client libraries) uses for its own hooks: a client that emits
+# one is refused with `bad_request` and its session is left as it was.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "error", "message",
+     "newListener", "removeListener", "__disconnect_final"}
+)  # fmt: skip
 
 # Server -> client events.
 MESSAGE = "message"
 GROUP_CREATED = "group_created"
+# Sent just before the server closes a connection: `{"code", "message"}` says why
+# (`bad_request`: a packet that could not be decoded; `unauthorized`: the token expired).
+ERROR = "error"
 
 # Feature names a stage announces in its `hello` ack.
 FEATURE_DM = "dm"
@@ -38,9 +47,11 @@ MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
 MAX_CLIENT_MSG_ID = 128
 
-_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_GROUP_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_CLIENT_MSG_ID_RE = re.compile(rf"^[\x21-\x7e]{{1,{MAX_CLIENT_MSG_ID}}}$")
+# Matched with `fullmatch`: `$` would also accept a trailing newline ("alice\n").
+_USER_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_GROUP_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_CLIENT_MSG_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLIENT_MSG_ID}}}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ErrorCode(StrEnum):
@@ -83,13 +94,13 @@ def bad(message: str) -> ProtocolError:
 
 
 def check_user_id(value: object, field: str = "user") -> str:
-    if not isinstance(value, str) or not _USER_RE.match(value):
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
         raise bad(f"{field} must be 1-64 characters of [A-Za-z0-9_.-]")
     return value
 
 
 def check_group_id(value: object) -> str:
-    if not isinstance(value, str) or not _GROUP_ID_RE.match(value):
+    if not isinstance(value, str) or not _GROUP_ID_RE.fullmatch(value):
         raise bad("group must be 1-64 characters of [A-Za-z0-9_-]")
     return value
 
@@ -150,9 +161,26 @@ def _require_dict(payload: object) -> dict[str, Any]:
 
 
 def _finite_number(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise bad(f"{field} must be a finite number")
-    return float(value)
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise bad(f"{field} must be a finite number")
+
+
+def check_text(value: object, field: str) -> str:
+    """A string that UTF-8 can encode: a lone surrogate ("\\ud800") is refused here, not
+    by the Redis client after an id was taken."""
+    if not isinstance(value, str):
+        raise bad(f"{field} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad(f"{field} must be valid Unicode text (no lone surrogates)") from None
+    return value
 
 
 def _int_field(value: object, field: str, lo: int, hi: int) -> int:
@@ -188,12 +216,10 @@ def parse_send(payload: object, sender: str) -> SendRequest:
     if group is not None:
         check_group_id(group)
     cmid = p.get("client_msg_id")
-    if not isinstance(cmid, str) or not _CLIENT_MSG_ID_RE.match(cmid):
+    if not isinstance(cmid, str) or not _CLIENT_MSG_ID_RE.fullmatch(cmid):
         raise bad(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} printable ASCII characters")
-    body = p.get("body")
-    if not isinstance(body, str):
-        raise bad("body must be a string")
-    if len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+    body = check_text(p.get("body"), "body")
+    if len(body.encode("utf-8")) > MAX_BODY_BYTES:
         raise bad(f"body exceeds {MAX_BODY_BYTES} bytes")
     sent_at = _finite_number(p.get("sent_at"), "sent_at")
     return SendRequest(client_msg_id=cmid, body=body, sent_at=sent_at, to=to, group=group)
@@ -225,6 +251,9 @@ def parse_create_group(payload: object, creator: str) -> CreateGroupRequest:
     name = p.get("name", "")
     if not isinstance(name, str) or len(name) > MAX_GROUP_NAME:
         raise bad(f"name must be a string of at most {MAX_GROUP_NAME} characters")
+    check_text(name, "name")
+    if _CONTROL_RE.search(name):
+        raise bad("name must not contain control characters")
     return CreateGroupRequest(members=tuple(sorted(unique)), name=name)
 
 
@@ -245,6 +274,15 @@ def parse_sync(payload: object) -> SyncRequest:
 
 def parse_empty(payload: object) -> None:
     _require_dict(payload)
+
+
+def check_event_name(event: object) -> str:
+    """A name a client may emit: a string that is not one of Socket.IO's own hooks."""
+    if not isinstance(event, str):
+        raise bad("an event name must be a string")
+    if event in RESERVED_EVENTS:
+        raise bad(f"{event!r} is reserved for Socket.IO itself and cannot be sent by a client")
+    return event
 
 
 # ---------------------------------------------------------------- messages

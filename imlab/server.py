@@ -1,6 +1,7 @@
 """The part every stage's connection-holding process shares: a Socket.IO server on
 aiohttp, the login table (`user -> connections`, seed step 1), event dispatch with
-payload validation and error acks, `hello`, pushes, `/healthz` and `/metrics`.
+payload validation and error acks, `hello`, pushes, `/healthz` and `/metrics`; a
+session whose login expires is told (`error`) and closed when it does.
 
 A stage subclasses `StageServer` and implements only what its chapter of the seed
 changes: how a message is sent, and (from v2) groups, `latest` and `sync`. Anything
@@ -10,9 +11,12 @@ it does not implement answers `unsupported`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import socketio
@@ -22,11 +26,24 @@ from redis.exceptions import RedisError
 from imlab import protocol as p
 from imlab.metrics import Metrics
 from imlab.protocol import ErrorCode, ProtocolError
+from imlab.ratelog import LimitedLog
+from imlab.sioguard import GuardedServer
 from imlab.store import MessageStore
 
 log = logging.getLogger("imlab.server")
+limited = LimitedLog(log)
 
 Handler = Callable[[str, Any], Awaitable[dict[str, Any]]]
+
+MAX_ECHOED_NAME = 64  # of an unknown event's name, in the `unsupported` message
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Who a connection speaks for, and until when (None: for as long as it is open)."""
+
+    user: str
+    expires_at: float | None = None
 
 
 class StageServer:
@@ -43,7 +60,7 @@ class StageServer:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
             async_mode="aiohttp",
             cors_allowed_origins="*",
             logger=False,
@@ -58,9 +75,17 @@ class StageServer:
         self.app.on_cleanup.append(self._on_cleanup)
         self.sessions: dict[str, str] = {}  # sid -> user
         self.local: dict[str, set[str]] = {}  # user -> sids on this node
+        self.expiry: dict[str, tuple[float, asyncio.TimerHandle]] = {}  # sid -> when, timer
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[str] = set()  # sids told why and being disconnected
         self.metrics = Metrics("imlab", {"stage": self.stage, "node": node})
         self.metrics.gauge("connections", lambda: len(self.sessions), "open client sessions")
         self.metrics.gauge("users", lambda: len(self.local), "distinct users connected here")
+        self.metrics.series(
+            "refused_packets",
+            lambda: [({"reason": k}, float(v)) for k, v in self.sio.refused.items()],
+            "client packets refused before dispatch (reserved event names, undecodable)",
+        )
         self._register()
 
     # ------------------------------------------------------------ stage hooks
@@ -71,11 +96,11 @@ class StageServer:
     async def shutdown(self) -> None:
         """Close them."""
 
-    async def authenticate(self, auth: object) -> str:
-        """The user id this connection speaks for (v1-v3: `{"user": id}`)."""
+    async def authenticate(self, auth: object) -> Login:
+        """Who this connection speaks for (v1-v3: `{"user": id}`, for as long as it is open)."""
         if not isinstance(auth, dict) or "user" not in auth:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, 'connect with auth {"user": "<id>"}')
-        return p.check_user_id(auth["user"])
+        return Login(p.check_user_id(auth["user"]))
 
     async def on_login(self, user: str, sid: str) -> None:
         """Called after `user` connected on `sid` (v3/v4 record the route here)."""
@@ -133,6 +158,9 @@ class StageServer:
             user = self.sessions.get(sid)
             if user is None:
                 return self._fail(event, ProtocolError(ErrorCode.UNAUTHORIZED, "not logged in"))
+            if self._expired(sid):
+                self._close_soon(sid, "login expired")
+                return self._fail(event, ProtocolError(ErrorCode.UNAUTHORIZED, "login expired"))
             if extra:
                 return self._fail(event, p.bad(f"{event} takes one payload object"))
             try:
@@ -144,7 +172,7 @@ class StageServer:
                 err = ProtocolError(ErrorCode.UNAVAILABLE, f"backing service unavailable: {exc}")
                 return self._fail(event, err)
             except Exception:
-                log.exception("%s from %s failed", event, user)
+                limited.error("handler failed", "%s from %s", event, user, exc_info=True)
                 return self._fail(event, ProtocolError(ErrorCode.INTERNAL, "internal error"))
 
         return run
@@ -155,22 +183,26 @@ class StageServer:
 
     async def _unknown(self, event: str, sid: str, *data: Any) -> dict[str, Any]:
         self.metrics.inc("requests_unknown")
-        return self._fail(event, _unsupported(f"event {event!r}"))
+        name = event if len(event) <= MAX_ECHOED_NAME else event[:MAX_ECHOED_NAME] + "..."
+        return self._fail(event, _unsupported(f"event {name!r}"))
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:
-            user = await self.authenticate(auth)
+            login = await self.authenticate(auth)
         except ProtocolError as exc:
-            self.metrics.inc("connects_refused")
-            raise socketio.exceptions.ConnectionRefusedError(
-                exc.message, p.refusal(exc.code, exc.message)
-            ) from None
+            raise self._refuse(exc.code, exc.message) from None
         except self.unavailable_errors as exc:
-            self.metrics.inc("connects_refused")
-            msg = f"backing service unavailable: {exc}"
-            raise socketio.exceptions.ConnectionRefusedError(
-                msg, p.refusal(ErrorCode.UNAVAILABLE, msg)
+            raise self._refuse(
+                ErrorCode.UNAVAILABLE, f"backing service unavailable: {exc}"
             ) from None
+        except Exception:
+            limited.error(
+                "authenticate failed", "auth of type %s", type(auth).__name__, exc_info=True
+            )
+            raise self._refuse(ErrorCode.INTERNAL, "internal error") from None
+        user = login.user
+        if login.expires_at is not None:
+            self._expire_at(sid, login.expires_at)
         self.sessions[sid] = user
         self.local.setdefault(user, set()).add(sid)
         self.metrics.inc("connects")
@@ -181,7 +213,45 @@ class StageServer:
             log.warning("login of %s: route not recorded: %r", user, exc)
             self.metrics.inc("route_errors")
 
+    def _refuse(self, code: ErrorCode, message: str) -> Exception:
+        self.metrics.inc("connects_refused")
+        refused: Exception = socketio.exceptions.ConnectionRefusedError(
+            message, p.refusal(code, message)
+        )
+        return refused
+
+    def _expire_at(self, sid: str, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - time.time())
+        timer = loop.call_later(delay, self._close_soon, sid, "login expired")
+        self.expiry[sid] = (when, timer)
+
+    def _expired(self, sid: str) -> bool:
+        entry = self.expiry.get(sid)
+        return entry is not None and time.time() >= entry[0]
+
+    def _close_soon(self, sid: str, why: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_session(sid, why))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_session(self, sid: str, why: str) -> None:
+        """Tell the client why (`error`, code `unauthorized`), then disconnect it."""
+        if sid not in self.sessions or sid in self._closing:
+            return
+        self._closing.add(sid)
+        self.metrics.inc("sessions_expired")
+        try:
+            data = {"code": str(ErrorCode.UNAUTHORIZED), "message": why}
+            await self.sio.emit(p.ERROR, data, to=sid)
+            await self.sio.disconnect(sid)
+        finally:
+            self._closing.discard(sid)
+
     async def _disconnect(self, sid: str, *reason: Any) -> None:
+        entry = self.expiry.pop(sid, None)
+        if entry is not None:
+            entry[1].cancel()
         user = self.sessions.pop(sid, None)
         if user is None:
             return

@@ -47,6 +47,14 @@ REFUSED: list[tuple[str, object, str]] = [
     ("no exp", _signed({k: v for k, v in FULL.items() if k != "exp"}), "lacks the 'exp'"),
     ("bad user", _signed({**FULL, "sub": "a b"}), "not a valid user id"),
     ("future", _signed({**FULL, "iat": int(NOW + 600), "exp": int(NOW + 900)}), "future"),
+    ("exp as numeric string", _signed({**FULL, "exp": str(int(NOW + 60))}), "'exp' must be an int"),
+    ("iat as bool", _signed({**FULL, "iat": True}), "'iat' must be an integer"),
+    ("exp as float", _signed({**FULL, "exp": NOW + 60.5}), "'exp' must be an integer"),
+    ("exp in year 9999", _signed({**FULL, "exp": 253402300799}), "lifetime exceeds"),
+    ("101-digit exp", _signed({**FULL, "exp": int("9" * 101)}), "lifetime exceeds"),
+    ("exp before iat", _signed({**FULL, "exp": int(NOW) - 1, "iat": int(NOW)}), "expired"),
+    ("jti not a string", _signed({**FULL, "jti": 7}), "JWT ID must be a string"),
+    ("subject with a newline", _signed({**FULL, "sub": "alice\n"}), "not a valid user id"),
 ]
 
 
@@ -76,3 +84,18 @@ def test_secret_comes_from_the_flag_or_the_environment(monkeypatch: pytest.Monke
 def test_invalid_user_cannot_get_a_token() -> None:
     with pytest.raises(Exception, match="user must be"):
         auth.issue_token("not ok!", SECRET)
+
+
+def test_the_stage_sets_the_longest_lifetime() -> None:
+    now = float(int(time.time()))
+    token = auth.issue_token("alice", SECRET, ttl=7200, now=now)
+    assert auth.verify_token(token, SECRET, max_lifetime=7200).expires_at == now + 7200
+    with pytest.raises(auth.AuthError, match="lifetime exceeds the 3600 s"):
+        auth.verify_token(token, SECRET, max_lifetime=3600)
+
+
+def test_a_token_stops_proving_anything_when_it_expires() -> None:
+    token = auth.issue_token("alice", SECRET, ttl=60, now=1_000_000.0)
+    assert auth.verify_token(token, SECRET, now=1_000_059.0).user == "alice"
+    with pytest.raises(auth.AuthError, match="token expired"):
+        auth.verify_token(token, SECRET, now=1_000_060.0)

@@ -103,3 +103,44 @@ def test_no_catch_up_without_history() -> None:
     core = ClientCore("alice", "http://x")
     with pytest.raises(StopIteration):
         next(core.catch_up_steps())
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (p.check_user_id, "alice\n"),
+        (p.check_user_id, "a" * 64 + "\n"),
+        (p.check_group_id, "g1\n"),
+        (p.parse_conv, "group:g1\n"),
+        (p.parse_conv, "dm:alice:bob\n"),
+    ],
+)
+def test_ids_are_matched_whole_not_before_a_final_newline(check: Any, value: str) -> None:
+    with pytest.raises(p.ProtocolError):
+        check(value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"client_msg_id": "nl\n"}, {"to": "bob\n"}, {"body": "\ud800"}, {"sent_at": 10**400}],
+)
+def test_send_refuses_trailing_newlines_lone_surrogates_and_huge_numbers(
+    override: dict[str, Any],
+) -> None:
+    payload = {"to": "bob", "client_msg_id": "c1", "body": "hi", "sent_at": 1.0, **override}
+    with pytest.raises(p.ProtocolError) as err:
+        p.parse_send(payload, "alice")
+    assert err.value.code == p.ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a\udfffb", "two\nlines", "tab\there", "\x7f"])
+def test_group_names_must_encode_and_hold_no_control_characters(name: str) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.parse_create_group({"members": ["bob"], "name": name}, "alice")
+
+
+def test_reserved_and_non_string_event_names_are_refused() -> None:
+    assert p.check_event_name("send") == "send"
+    for event in ("connect", "disconnect", "connect_error", 5, None, ["x"]):
+        with pytest.raises(p.ProtocolError):
+            p.check_event_name(event)

@@ -23,7 +23,7 @@ from imlab import protocol as p
 from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, ProtocolError
 from imlab.routing import Relay, Routes, by_node
-from imlab.server import HistoryServer, StageServer, base_parser, serve
+from imlab.server import HistoryServer, Login, StageServer, base_parser, serve
 from imlab.store import MessageStore, new_message
 from versions.v4 import topics
 
@@ -32,6 +32,8 @@ class Gateway(HistoryServer):
     stage = "v4"
     features = frozenset({p.FEATURE_DM, p.FEATURE_GROUPS, p.FEATURE_HISTORY, p.FEATURE_TOKEN_AUTH})
     unavailable_errors = (*StageServer.unavailable_errors, KafkaError)
+    # The longest token life this stage accepts; a connection closes when its token expires.
+    max_token_life = auth.MAX_LIFETIME
 
     def __init__(
         self,
@@ -72,17 +74,18 @@ class Gateway(HistoryServer):
 
     # ------------------------------------------------------------ identity and routing
 
-    async def authenticate(self, auth_data: object) -> str:
-        """The token's subject; any `user` field next to it is ignored."""
+    async def authenticate(self, auth_data: object) -> Login:
+        """The token's subject, until the token expires; any `user` field next to it is ignored."""
         token = auth_data.get("token") if isinstance(auth_data, dict) else None
         if token is None:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED, 'missing token: connect with auth {"token": "<signed>"}'
             )
         try:
-            return auth.verify_token(token, self.secret).user
+            ident = auth.verify_token(token, self.secret, max_lifetime=self.max_token_life)
         except auth.AuthError as exc:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason) from None
+        return Login(ident.user, ident.expires_at)
 
     async def on_login(self, user: str, sid: str) -> None:
         await self.routes.login(user)

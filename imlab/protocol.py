@@ -1,5 +1,5 @@
 """The client protocol every stage speaks: event names, payload types, conversation
-ids, error codes and the validation of every inbound payload (DESIGN.md section 3).
+ids, error codes and the validation of every inbound payload (docs/PROTOCOL.md).
 
 Pure data and checks, no I/O: servers, clients, load tests and the simulator all
 import this module, so a payload means the same thing everywhere.

@@ -74,8 +74,8 @@ def add_broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ownership",
         choices=OWNERSHIPS,
-        default="kafka",
-        help="consumers share partitions by Kafka's consumer groups or by Redis rendezvous",
+        default="redis",
+        help="consumers share partitions by Redis rendezvous (default) or Kafka's groups",
     )
 
 

@@ -40,7 +40,7 @@ class ClusterSpec:
     kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting one
     broker: str = "auto"  # kafka (Apache Kafka), tansu, or auto: kafka where Java runs
     brokers: int = 1  # nodes of the Kafka cluster (replication factor = brokers)
-    ownership: str = "kafka"  # consumers share partitions by Kafka's groups, or via Redis
+    ownership: str = "redis"  # consumers share partitions via Redis, or by Kafka's groups
     kafka_drop: float = 0.0  # fault: each publish dropped (and acked) with this probability
     secret: str = DEFAULT_SECRET  # v4 token signing secret
     durable_redis: bool = False  # keep an AOF, so a Redis kill/restart loses nothing

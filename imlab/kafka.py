@@ -50,7 +50,7 @@ PRODUCER_SETTINGS: dict[str, Any] = {
 }
 
 PUBLISH_TIMEOUT = 3.0  # seconds a request handler waits for the broker's ack
-OWNERSHIPS = ("kafka", "redis")
+OWNERSHIPS = ("redis", "kafka")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class KafkaOptions:
     bootstrap: str
     replication: int = 1
     idempotent: bool = True
-    ownership: str = "kafka"  # Kafka's consumer groups, or rendezvous over Redis
+    ownership: str = "redis"  # rendezvous over Redis, or Kafka's consumer groups
     drop_rate: float = 0.0  # fault injection: publishes silently dropped (kafka-loss)
 
     @staticmethod
@@ -83,7 +83,7 @@ class KafkaOptions:
         g.add_argument(
             "--ownership",
             choices=OWNERSHIPS,
-            default="kafka",
+            default="redis",
             help="how consumers share partitions: Kafka's consumer groups, or rendezvous "
             "hashing over a Redis membership set",
         )

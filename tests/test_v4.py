@@ -25,9 +25,12 @@ from .nodes import eventually, group_of, health, metric_sum, pinned, summary
 GATEWAYS = 3
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    spec = ClusterSpec("v4", servers=GATEWAYS, workers=2)
+@pytest.fixture(scope="module", params=["redis", "kafka"])
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    """v4 under each way of sharing partitions: Redis rendezvous and Kafka's groups."""
+    spec = ClusterSpec("v4", servers=GATEWAYS, workers=2, ownership=request.param)
     c = Cluster(spec, tmp_path_factory.mktemp("v4") / "run")
     c.start()
     try:

@@ -26,6 +26,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from imlab import protocol as p
+from imlab import stages
 
 T = TypeVar("T")
 
@@ -201,7 +202,7 @@ def auths(stage: str, secret: str | None) -> st.SearchStrategy[Any]:
         st.floats(),
     )
     near: st.SearchStrategy[Any] = st.fixed_dictionaries({}, optional={"user": _maybe(_near_ids)})
-    if stage == "v4" and secret is not None:
+    if stages.stage(stage).uses_tokens and secret is not None:
         claims = st.fixed_dictionaries(
             {},
             optional={
@@ -263,7 +264,7 @@ class Fuzzer:
         self.tag = uuid.uuid4().hex[:6]
 
     def auth_for(self, user: str) -> dict[str, Any]:
-        if self.stage == "v4":
+        if stages.stage(self.stage).uses_tokens:
             from imlab import auth
 
             assert self.secret is not None, "v4 needs the token secret"

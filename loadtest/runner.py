@@ -26,9 +26,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from imlab import stages
 from imlab.chaos import LiveFaults
 from imlab.client import AsyncChatClient, HistoryRecorder
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
+from imlab.experiment.faults import parse_faults
+from imlab.experiment.runfolder import new_run_dir
+from imlab.experiment.scenarios import (
+    ChurnSpec,
+    PlanError,
+    check_scenario,
+    group_indices,
+    user_names,
+)
 from imlab.services import LOOPBACK, free_port
 from loadtest.monitor import (
     CpuSampler,
@@ -38,16 +48,7 @@ from loadtest.monitor import (
     schedule_lag,
     total_status,
 )
-from loadtest.plan import (
-    ChurnSpec,
-    LoadPlan,
-    PlanError,
-    StepShape,
-    check_scenario,
-    group_indices,
-    user_names,
-)
-from sim.faults import parse_faults
+from loadtest.plan import LoadPlan, StepShape
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +165,7 @@ async def _setup(
 
     def client(user: str) -> AsyncChatClient:
         token = None
-        if plan.stage == "v4":
+        if stages.stage(plan.stage).uses_tokens:
             auth = importlib.import_module("imlab.auth")  # v4 tokens
             token = auth.issue_token(user, secret, ttl=plan.token_ttl)
         return AsyncChatClient(
@@ -282,7 +283,6 @@ class LoadRun:
     happens, and judges the run only when all steps went through."""
 
     def __init__(self, opts: LoadOptions, out: TextIO) -> None:
-        from imlab.cli import new_run_dir
 
         if opts.rate <= 0 or opts.duration <= 0:
             raise PlanError("rate and duration must be positive")

@@ -27,8 +27,10 @@ from gevent.event import Event
 from locust import User, constant, task
 from locust.env import Environment
 
+from imlab import stages
 from imlab.client import ClientError, HistoryRecorder, SyncChatClient
-from loadtest.plan import ChurnClock, LoadPlan
+from imlab.experiment.scenarios import ChurnClock
+from loadtest.plan import LoadPlan
 
 log = logging.getLogger("imlab.loadtest")
 
@@ -257,7 +259,7 @@ def _on_quitting(**_: Any) -> None:
 
 
 def _token(plan: LoadPlan, user: str) -> str | None:
-    if plan.stage != "v4":
+    if not stages.stage(plan.stage).uses_tokens:
         return None
     auth = importlib.import_module("imlab.auth")  # the v4 stage's tokens; only needed there
     secret = os.environ.get("IMLAB_SECRET", "")

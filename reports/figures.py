@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from imlab import stages
 from reports.architecture import ARCHITECTURES
 from reports.diagrams import draw
 from reports.numbers import Calc, Num, Text, join
@@ -510,8 +511,12 @@ def _loss(r: RunData) -> Text:
     ]
 
 
-KAFKA_FAULTS = ("kafka-loss", "broker-down")
-STORES_BEFORE_PUBLISH = ("v4",)  # the gateway stores, then publishes (versions/v4/STEP.md)
+KAFKA_FAULTS = ("kafka-loss", "broker-down", "broker-kill")
+
+
+def _stores_before_publish(stage: str) -> bool:
+    """Whether the stage stores a message before it publishes it (its stage.toml)."""
+    return stage in stages.names() and stages.stage(stage).stores_before_publish
 
 
 def _stored_first(fault: str, clean: list[RunData]) -> Text:
@@ -520,7 +525,7 @@ def _stored_first(fault: str, clean: list[RunData]) -> Text:
         return []
     text: Text = []
     for r in clean:
-        if r.stage in STORES_BEFORE_PUBLISH and r.value("deliveries.sync"):
+        if _stores_before_publish(r.stage) and r.value("deliveries.sync"):
             text += [f"{_who(r)} stores each message before it publishes it, so what Kafka "
                      "lost cost pushes, not messages: ", r.num("deliveries.sync"),
                      " deliveries came by sync. "]  # fmt: skip

@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from imlab.experiment.faults import FaultSpecError
+from imlab.experiment.scenarios import SCENARIOS, PlanError
 from loadtest.cli import add_scenario_args
-from loadtest.plan import SCENARIOS, PlanError
-from sim.faults import FaultSpecError
-from sim.run import MODELS, TRACE_EVENTS, SimOptions, run_sim
+from sim.run import TRACE_EVENTS, SimOptions, models, run_sim
 
 EPILOG = (
     "scenarios (as for `imlab load`):\n"
@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stage", required=True, choices=MODELS)
+    p.add_argument("--stage", required=True, choices=models())
     add_scenario_args(p)
     p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
-    p.add_argument("--workers", type=int, default=2, help="v4 workers (default 2)")
+    p.add_argument("--workers", type=int, default=None, help="v4 workers (default 2)")
     p.add_argument(
         "--broker",
         choices=("kafka", "tansu"),

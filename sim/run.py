@@ -17,6 +17,7 @@ sync, lost) and population latency percentiles from a 1%-wide histogram.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import random
 import resource
@@ -28,37 +29,33 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from sim.faults import FaultPlan, parse_faults
+from imlab import stages
+from imlab.experiment.faults import FaultPlan, parse_faults
+from imlab.experiment.runfolder import new_run_dir
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import Params, load_params
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
 from sim.stage import OK, StageModel
 
-__all__ = ["MODELS", "SimOptions", "SimResult", "model_class", "run_sim", "trace_plan"]
+__all__ = ["SimOptions", "SimResult", "model_class", "models", "run_sim", "trace_plan"]
 
-MODELS = ("v1", "v2", "v3", "v4")
 TRACE_EVENTS = 1_500_000
 """Default budget of history events: about 15 s of checker time (it reads ~120k events/s)."""
 
 
 def model_class(stage: str) -> type[StageModel]:
-    if stage == "v1":
-        from sim.v1 import V1
+    """The stage's model, as its stage.toml names it (`module:Class`)."""
+    info = stages.stage(stage)
+    if not info.model:
+        raise ValueError(f"stage {stage} has no simulation model")
+    module, _, name = info.model.partition(":")
+    cls: type[StageModel] = getattr(importlib.import_module(module), name)
+    return cls
 
-        return V1
-    if stage == "v2":
-        from sim.v2 import V2
 
-        return V2
-    if stage == "v3":
-        from sim.v3 import V3
-
-        return V3
-    if stage == "v4":
-        from sim.v4 import V4
-
-        return V4
-    raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(MODELS)}")
+def models() -> tuple[str, ...]:
+    """The stages that have a model."""
+    return tuple(name for name, info in stages.registry().items() if info.model)
 
 
 @dataclass
@@ -77,9 +74,9 @@ class SimOptions:
     churn_silent: float = 0.5
     faults: str = ""
     seed: int = 1
-    servers: int | None = None  # v3 servers (default 3)
-    gateways: int | None = None  # v4 gateways (default 2)
-    workers: int = 2  # v4 workers
+    servers: int | None = None  # client-facing processes (default: the stage's, stage.toml)
+    gateways: int | None = None  # the same, by v4's name for them
+    workers: int | None = None  # the processes behind them (v4 workers)
     broker: str = "kafka"  # the broker modelled: kafka (durable) or tansu (memory only)
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
     params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
@@ -104,11 +101,10 @@ class SimResult:
 
 def node_counts(opts: SimOptions) -> tuple[int, int]:
     """(client-facing nodes, workers) as `imlab load` would start them."""
-    if opts.stage == "v3":
-        return opts.servers or 3, 0
-    if opts.stage == "v4":
-        return opts.gateways or opts.servers or 2, opts.workers
-    return 1, 0
+    info = stages.stage(opts.stage)
+    front = (opts.gateways or opts.servers or info.front.count) if info.front.scalable else 1
+    back = 0 if info.back is None else (opts.workers or info.back.count)
+    return front, back
 
 
 def trace_plan(sc: SimScenario, spec: str, budget: int, seed: int) -> list[int]:
@@ -222,7 +218,6 @@ def build_model(
 
 def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     """Carry out one simulated run and judge it (PlanError/ValueError when it cannot run)."""
-    from imlab.cli import new_run_dir
     from reports.checker import check, summary_table
 
     out = out or sys.stdout

@@ -44,8 +44,8 @@ from typing import Any, ClassVar
 
 import simpy
 
+from imlab.experiment.faults import BrokerDown, FaultPlan
 from sim.engine import FifoServer, LogHistogram, Refused, Sampler
-from sim.faults import BrokerDown, FaultPlan
 from sim.history import History
 from sim.kafka import Broker, ConsumerGroup, Record
 from sim.params import Dist, Params

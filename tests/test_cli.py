@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from imlab.cli import build_parser
 from imlab.client import ClientCore
 from imlab.services import ProcessService, free_port
+from imlab_app.cli import build_parser
 
-IMLAB = [sys.executable, "-m", "imlab.cli"]
+IMLAB = [sys.executable, "-m", "imlab_app.cli"]
 
 
 def test_every_command_has_help() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imlab.compare import plan_cases
+from imlab_app.compare import plan_cases
 
 
 def test_quick_matrix_covers_every_stage_real_and_simulated() -> None:
@@ -21,7 +21,7 @@ def test_quick_matrix_covers_every_stage_real_and_simulated() -> None:
 def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "imlab.cli", "compare", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "imlab_app.cli", "compare", "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

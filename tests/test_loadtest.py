@@ -15,19 +15,17 @@ from typing import Any
 
 import pytest
 
-from imlab.cli import main as imlab_main
-from loadtest.monitor import generator_verdict, schedule_lag, total_status
-from loadtest.plan import (
+from imlab.experiment.scenarios import (
     ChurnSpec,
-    LoadPlan,
     PlanError,
-    Schedule,
-    StepShape,
     check_scenario,
     dm_partner,
     group_indices,
     user_names,
 )
+from imlab_app.cli import main as imlab_main
+from loadtest.monitor import generator_verdict, schedule_lag, total_status
+from loadtest.plan import LoadPlan, Schedule, StepShape
 from loadtest.runner import LoadOptions, LoadResult, run_load
 
 MANIFEST_KEYS = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imlab.cli import main
+from imlab_app.cli import main
 
 
 def test_imlab_sim_writes_a_judged_run_folder(

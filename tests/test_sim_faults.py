@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.faults import (
+from imlab.experiment.faults import (
     BrokerDown,
     Churn,
     Crash,

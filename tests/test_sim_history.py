@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim.faults import parse_faults
+from imlab.experiment.faults import parse_faults
 from sim.history import SIM_EPOCH, History, JsonlRecorder, MemoryRecorder, RunWriter
 
 

@@ -18,6 +18,7 @@ import pytest
 import simpy
 from simpy.events import Event
 
+from imlab.experiment.faults import parse_faults
 from sim.core import (
     Deterministic,
     DownPolicy,
@@ -27,7 +28,6 @@ from sim.core import (
     RandomStreams,
     Station,
 )
-from sim.faults import parse_faults
 from sim.history import RunWriter
 from sim.kafka import Broker, Consumer
 from sim.theory import erlang_c, mg1_mean_wait, mm1_mean_wait, mmc_mean_wait

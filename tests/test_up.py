@@ -14,7 +14,7 @@ from typing import Any
 
 from imlab.client import AsyncChatClient, ordered_endpoints
 
-IMLAB = [sys.executable, "-m", "imlab.cli"]
+IMLAB = [sys.executable, "-m", "imlab_app.cli"]
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 
 

@@ -19,30 +19,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from imlab.cluster import STAGES, machine_info, package_versions
+from imlab import stages
+from imlab.cluster import machine_info, package_versions
+from imlab.experiment.runfolder import new_run_dir
 
 Kind = Literal["real", "sim"]
 
-# The fault each stage is put under, at offsets that fall inside the send window.
-# v1 and v2 have no broker; v1 has no Redis. `churn` applies to every stage.
-STAGE_FAULTS: dict[str, tuple[str, ...]] = {
-    "v1": ("churn:0.5",),
-    "v2": ("churn:0.5", "redis-outage:{w}@{at}", "redis-restart:{w}@{at}"),
-    "v3": ("churn:0.5", "redis-outage:{w}@{at}", "broker-down:{w}@{at}", "kafka-loss:0.05",
-           "crash:server-1@{at}"),
-    "v4": ("churn:0.5", "redis-outage:{w}@{at}", "broker-down:{w}@{at}", "kafka-loss:0.05",
-           "crash:gateway-1@{at}", "crash:worker-1@{at}"),
-}  # fmt: skip
-QUICK_FAULTS: dict[str, tuple[str, ...]] = {
-    "v1": ("churn:0.5",),
-    "v2": ("redis-outage:{w}@{at}",),
-    "v3": ("broker-down:{w}@{at}",),
-    "v4": ("crash:gateway-1@{at}",),
-}
 
-
-# Client-facing nodes per stage, the same in real and simulated runs.
-NODES = {"v3": 3, "v4": 2}
+def stage_faults(stage: str, quick: bool) -> tuple[str, ...]:
+    """The faults each stage is put under (its stage.toml), at offsets inside the window."""
+    info = stages.stage(stage)
+    return info.faults_quick if quick else info.faults_full
 
 
 @dataclass(frozen=True)
@@ -73,7 +60,7 @@ def _fill(spec: str, duration: float) -> str:
 
 
 def plan_cases(
-    *, quick: bool, stages: Sequence[str] = STAGES, real: bool = True, sim: bool = True
+    *, quick: bool, only: Sequence[str] | None = None, real: bool = True, sim: bool = True
 ) -> list[Case]:
     """The comparison matrix: fault-free load levels per scenario, then each stage's faults."""
     duration = 6.0 if quick else 12.0
@@ -81,16 +68,16 @@ def plan_cases(
     levels = (2.0,) if quick else (1.0, 3.0)
     scenarios = ("group",) if quick else ("group", "dm", "burst")
     cases: list[Case] = []
-    for stage in stages:
+    for stage in only or stages.names():
+        groups = stages.stage(stage).has_groups  # without groups: dm only
         for scenario in scenarios:
-            sc = "dm" if stage == "v1" else scenario  # v1 has no groups: it answers unsupported
-            if stage == "v1" and scenario != scenarios[0]:
+            sc = scenario if groups else "dm"
+            if not groups and scenario != scenarios[0]:
                 continue
             for rate in levels if sc in ("group", "dm") else levels[:1]:
                 cases.append(Case("real", stage, sc, users, rate, duration))
-        fault_specs = (QUICK_FAULTS if quick else STAGE_FAULTS)[stage]
-        for spec in fault_specs:
-            sc = "dm" if stage == "v1" else "group"
+        for spec in stage_faults(stage, quick):
+            sc = "group" if groups else "dm"
             cases.append(Case("real", stage, sc, users, levels[0], duration, _fill(spec, duration)))
     out: list[Case] = []
     for c in cases:
@@ -130,19 +117,12 @@ def run_case(case: Case, run_dir: Path, seed: int, broker: BrokerChoice | None =
         from loadtest.runner import LoadOptions, run_load
 
         b = broker or BrokerChoice()
-        spec = ClusterSpec(
-            case.stage, servers=NODES.get(case.stage, 1), broker=b.kind, brokers=b.brokers
-        )
+        spec = ClusterSpec(case.stage, broker=b.kind, brokers=b.brokers)
         opts = LoadOptions(**same, max_drain=10.0, cluster=spec)
         return run_load(opts, out=io.StringIO()).run_dir
     from sim.run import SimOptions, run_sim
 
-    nodes = NODES.get(case.stage)
-    sim_opts = SimOptions(
-        **same,
-        servers=nodes if case.stage == "v3" else None,
-        gateways=nodes if case.stage == "v4" else None,
-    )
+    sim_opts = SimOptions(**same)  # the stage's own process counts, as the real run
     return run_sim(sim_opts, out=io.StringIO()).run_dir
 
 
@@ -223,21 +203,19 @@ def compare(
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison and build the report."""
-    from imlab.cli import new_run_dir
-
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - set(STAGES))
+    only = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(stages.names()))
     if unknown:
         print(f"imlab compare: unknown stage(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
-    cases = plan_cases(quick=args.quick, stages=stages, real=not args.no_real, sim=not args.no_sim)
+    cases = plan_cases(quick=args.quick, only=only, real=not args.no_real, sim=not args.no_sim)
     out_dir = Path(args.out) if args.out else new_run_dir("compare", "all")
     real = sum(c.kind == "real" for c in cases)
     print(f"imlab compare: {len(cases)} runs ({real} real, {len(cases) - real} simulated) "
           f"into {out_dir}", flush=True)  # fmt: skip
     from imlab.brokers import resolve_kind
 
-    needs_kafka = any(c.kind == "real" and c.stage in ("v3", "v4") for c in cases)
+    needs_kafka = any(c.kind == "real" and stages.stage(c.stage).needs_kafka for c in cases)
     kind = resolve_kind(args.broker) if needs_kafka else args.broker
     broker = BrokerChoice(kind, args.brokers)
     if needs_kafka:
@@ -252,7 +230,7 @@ def register(sub: Any) -> None:
         help="the main job: every stage, scenario and fault, real and simulated, then the report",
     )
     c.add_argument("--quick", action="store_true", help="a smaller, shorter matrix (< 3 min)")
-    c.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages")
+    c.add_argument("--stages", default=",".join(stages.names()), help="comma-separated stages")
     c.add_argument("--no-sim", action="store_true", help="skip the simulated runs")
     c.add_argument("--no-real", action="store_true", help="skip the real runs")
     c.add_argument("--seed", type=int, default=1)

@@ -15,83 +15,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from imlab.brokers import BROKER_KINDS
-from imlab.cluster import DEFAULT_SECRET, STAGES, Cluster, ClusterSpec
-from imlab.kafka import OWNERSHIPS
+from imlab import stages
+from imlab.cluster import DEFAULT_SECRET, Cluster, ClusterSpec, add_cluster_args, spec_from_args
+from imlab.experiment.runfolder import new_run_dir
 from imlab.services import RedisService, Service, install_signal_handlers, stop_all
 
 Command = Callable[[argparse.Namespace], int]
 
 # Modules with `register(subparsers)` adding their own subcommands.
 _PLUGINS: list[str] = [
-    "imlab.stagectl",
+    "imlab_app.stagectl",
     "loadtest.cli",
     "reports.cli",
     "sim.cli",
-    "imlab.compare",
+    "imlab_app.compare",
 ]
-
-
-def new_run_dir(kind: str, stage: str, base: Path | None = None) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    root = base or Path("runs")
-    path = root / f"{stamp}-{kind}-{stage}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{stamp}-{kind}-{stage}-{n}"
-    path.mkdir(parents=True)
-    return path
-
-
-def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
-    parser.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
-    parser.add_argument("--workers", type=int, default=2, help="v4 consumer workers")
-    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
-    parser.add_argument(
-        "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting one"
-    )
-    add_broker_args(parser)
-    parser.add_argument("--secret", default=DEFAULT_SECRET, help="v4 token signing secret")
-
-
-def add_broker_args(parser: argparse.ArgumentParser) -> None:
-    """How v3/v4 get their Kafka cluster (shared by up, load and compare)."""
-    parser.add_argument(
-        "--broker",
-        choices=BROKER_KINDS,
-        default="auto",
-        help="Apache Kafka (kafka), Tansu (tansu), or auto: Apache Kafka where Java runs",
-    )
-    parser.add_argument(
-        "--brokers", type=int, default=1, help="Kafka nodes (3: replication 3, min ISR 2)"
-    )
-    parser.add_argument(
-        "--ownership",
-        choices=OWNERSHIPS,
-        default="redis",
-        help="consumers share partitions by Redis rendezvous (default) or Kafka's groups",
-    )
-
-
-def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
-    nodes = {"v3": args.servers or 3, "v4": args.gateways or args.servers or 2}.get(stage, 1)
-    return ClusterSpec(
-        stage=stage,
-        servers=nodes,
-        workers=args.workers,
-        redis_url=args.redis_url,
-        kafka_bootstrap=args.kafka_bootstrap,
-        broker=args.broker,
-        brokers=args.brokers,
-        ownership=args.ownership,
-        secret=args.secret,
-    )
 
 
 # ---------------------------------------------------------------- serve
@@ -100,18 +41,20 @@ def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
 def cmd_serve(args: argparse.Namespace) -> int:
     """One stage server in the foreground (v1-v3); v2/v3 start their own Redis if none given."""
     stage = args.stage
+    info = stages.stage(stage)
     redis_url = args.redis_url
-    argv = [sys.executable, "-m", f"versions.{stage}.server", "--port", str(args.port)]
+    argv = [sys.executable, "-m", info.front.module, "--port", str(args.port)]
     argv += ["--host", args.host]
-    if stage != "v1":
+    if info.needs_redis:
         if redis_url is None:
             redis = RedisService().start()
             redis_url = redis.url
             print(f"started redis-server at {redis_url} (log {redis.log_path})", flush=True)
         argv += ["--redis-url", redis_url]
-    if stage == "v3":
+    if info.needs_kafka:
         if args.kafka_bootstrap is None:
-            print("v3 needs a broker: use `imlab up v3` or pass --kafka-bootstrap", file=sys.stderr)
+            print(f"{stage} needs a broker: use `imlab up {stage}` or pass --kafka-bootstrap",
+                  file=sys.stderr)  # fmt: skip
             return 2
         argv += ["--kafka-bootstrap", args.kafka_bootstrap]
     print(f"serving {stage} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
@@ -162,7 +105,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {name:<10} {svc.url}  (log {svc.log_path})")
         urls = " ".join(f"--url {u}" for u in cluster.endpoints)
         secret = "" if args.secret == DEFAULT_SECRET else f" --secret {args.secret}"
-        hint = f"--token $(imlab token alice{secret})" if args.stage == "v4" else "--user alice"
+        hint = (
+            f"--token $(imlab token alice{secret})"
+            if stages.stage(args.stage).uses_tokens
+            else "--user alice"
+        )
         print(f"chat with: imlab chat {urls} {hint}")
         print(f"manifest: {run_dir / 'cluster.json'}  (Ctrl-C stops everything)")
         print("faults from another terminal: imlab kill NODE | imlab restart NODE | "
@@ -189,7 +136,7 @@ def _write_up_manifest(cluster: Cluster) -> None:
 
 
 def _watch(cluster: Cluster, for_seconds: float) -> int:
-    from imlab.stagectl import answer, exit_reason, requests
+    from imlab_app.stagectl import answer, exit_reason, requests
 
     brokers: list[Service] = list(cluster.kafka.nodes) if cluster.kafka is not None else []
     procs = {**cluster.nodes, **cluster.workers}
@@ -238,7 +185,7 @@ def _watch(cluster: Cluster, for_seconds: float) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive terminal chat client."""
-    from imlab.chat import chat
+    from imlab_app.chat import chat
 
     if not args.user and not args.token:
         print("imlab chat: give --user NAME (v1-v3) or --token TOKEN (v4)", file=sys.stderr)
@@ -323,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "v2 and v3 start their own Redis unless --redis-url is given; v3 also needs a "
         "broker (--kafka-bootstrap), so a whole v3 is easier with `imlab up v3`.",
     )
-    s.add_argument("stage", choices=("v1", "v2", "v3"))
+    s.add_argument("stage", choices=[i.name for i in stages.registry().values() if i.serve])
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--redis-url", default=None, help="v2/v3: Redis to use (default: start one)")
@@ -337,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "where the stage needs them), print the URLs to chat with, and keep them running "
         "until Ctrl-C. Logs and cluster.json go to the run folder.",
     )
-    u.add_argument("stage", choices=STAGES)
+    u.add_argument("stage", choices=stages.names())
     add_cluster_args(u)
     u.add_argument("--run-dir", default=None, help="where logs and the manifest go")
     u.add_argument("--for-seconds", type=float, default=0, help="stop after this long (0: never)")
@@ -397,9 +344,9 @@ def _help_of(sub: Any, name: str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """An error as one line a user can act on; the exception type only when it adds meaning."""
-    from imlab.chat import ChatError
     from imlab.client import ClientError
-    from imlab.stagectl import StageCtlError
+    from imlab_app.chat import ChatError
+    from imlab_app.stagectl import StageCtlError
 
     text = " ".join(str(exc).split())
     known = (ChatError, ClientError, StageCtlError, ValueError, OSError, TimeoutError)

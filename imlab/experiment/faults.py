@@ -2,8 +2,8 @@
 
 A spec is a comma-separated list such as
 `redis-outage:30s@60s,kafka-loss:0.01,broker-kill:10s@30s,crash:gateway-1@45s,churn:0.2`.
-Times are offsets from the start of the run. This module has no simulation
-dependencies, so the load tool can import it as well.
+Times are offsets from the start of the run. Part of the experiment contract
+(`imlab.experiment`): the simulator, the load tool and the fault injector read it.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 # Apache Kafka's jars, fetched once by Maven into .cache/kafka (a no-op when present;
 # without a JDK it says so and the stages fall back to Tansu).
 kafka: $(STAMP)
-	$(BIN)/python -m imlab.brokers fetch
+	$(BIN)/python -m imlab.kafka_dist fetch
 
 demo: $(STAMP) kafka
 	$(BIN)/imlab compare --quick

@@ -33,9 +33,10 @@ from imlab import stages
 from imlab.experiment.faults import FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from sim.history import History, JsonlRecorder, RunWriter
+from sim.ledger import OK
 from sim.params import Params, load_params
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
-from sim.stage import OK, StageModel
+from sim.stage import StageModel
 
 __all__ = ["SimOptions", "SimResult", "model_class", "models", "run_sim", "trace_plan"]
 
@@ -432,8 +433,8 @@ def population_figures(model: StageModel) -> dict[str, Any]:
         }
         | {
             "redis": {
-                "jobs": model.redis.jobs,
-                "utilisation": round(model.redis.busy / max(model.env.now, 1e-9), 4),
+                "jobs": model.store.redis.jobs,
+                "utilisation": round(model.store.redis.busy / max(model.env.now, 1e-9), 4),
             }
         },
         "kafka": model.kafka_figures(),

@@ -15,7 +15,7 @@ from functools import partial
 
 from sim.client import User
 from sim.consumers import ConsumerLoop
-from sim.kafka import Consumer
+from sim.kafka_group import Consumer
 from sim.server import Msg, Node, Steps
 from sim.stage import StageModel
 

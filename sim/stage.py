@@ -4,9 +4,9 @@
 subclass implements: how a send is handled, how a message reaches its recipients,
 what happens at login, what its consumers do) and holds the rest of the world:
 Redis (`sim.store`), the clients (`sim.client`), the load tool's users
-(`sim.users`), the Kafka broker and consumer group (`sim.kafka`, run by
-`sim.consumers`), the fault plan (`sim.chaos`) and the bookkeeping (`sim.ledger`;
-histories for the traced conversations, exact counts for everybody).
+(`sim.users`), the Kafka broker (`sim.kafka`) and consumer group (`sim.kafka_group`,
+run by `sim.consumers`), the fault plan (`sim.chaos`) and the bookkeeping
+(`sim.ledger`; histories for the traced conversations, exact counts for everybody).
 
 The run mirrors `imlab load`: everybody connects first (at the spawn rate), the send
 window opens, a drain waits until nothing moves, then every client runs its final
@@ -28,7 +28,8 @@ from sim.chaos import Chaos
 from sim.client import Client, User
 from sim.engine import FifoServer, Sampler
 from sim.history import History
-from sim.kafka import Broker, ConsumerGroup
+from sim.kafka import Broker
+from sim.kafka_group import ConsumerGroup
 from sim.ledger import Counts, Ledger
 from sim.params import Dist, Params
 from sim.scenario import SimScenario

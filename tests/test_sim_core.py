@@ -12,18 +12,8 @@ import pytest
 import simpy
 from simpy.events import Event
 
-from sim.core import (
-    UNAVAILABLE,
-    Deterministic,
-    DownPolicy,
-    Exponential,
-    LogNormal,
-    NetworkLink,
-    RandomStreams,
-    Station,
-    Tally,
-    Visit,
-)
+from sim.core import UNAVAILABLE, Deterministic, Exponential, LogNormal, RandomStreams, Tally
+from tests.sim_oracles import DownPolicy, NetworkLink, Station, Visit
 
 
 def test_named_streams_are_reproducible_and_independent() -> None:

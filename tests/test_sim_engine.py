@@ -10,10 +10,11 @@ from collections.abc import Generator
 import pytest
 import simpy
 
-from sim.core import Deterministic, Station, Visit
+from sim.core import Deterministic
 from sim.engine import FifoServer, LogHistogram, Refused, Sampler
 from sim.params import Dist
 from sim.theory import mm1_mean_wait
+from tests.sim_oracles import Station, Visit
 
 
 def _arrivals(n: int, rate: float, mean_service: float, seed: int) -> list[tuple[float, float]]:

@@ -11,7 +11,8 @@ import simpy
 from simpy.events import Event
 
 from sim.core import UNAVAILABLE, Deterministic
-from sim.kafka import DROPPED, Broker, Consumer, ConsumerGroup, PublishResult, Record
+from sim.kafka import DROPPED, Broker, PublishResult, Record
+from sim.kafka_group import Consumer, ConsumerGroup
 
 
 def _broker(env: simpy.Environment, **kw: Any) -> Broker:

@@ -19,18 +19,12 @@ import simpy
 from simpy.events import Event
 
 from imlab.experiment.faults import parse_faults
-from sim.core import (
-    Deterministic,
-    DownPolicy,
-    Exponential,
-    LogNormal,
-    NetworkLink,
-    RandomStreams,
-    Station,
-)
+from sim.core import Deterministic, Exponential, LogNormal, RandomStreams
 from sim.history import RunWriter
-from sim.kafka import Broker, Consumer
+from sim.kafka import Broker
+from sim.kafka_group import Consumer
 from sim.theory import erlang_c, mg1_mean_wait, mm1_mean_wait, mmc_mean_wait
+from tests.sim_oracles import DownPolicy, NetworkLink, Station
 
 SEED = 1
 

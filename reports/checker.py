@@ -48,7 +48,19 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from reports.history import METRICS, Event, Run, load_run
+from imlab.experiment.history import (
+    ACK,
+    CONNECT,
+    DISCONNECT,
+    FAULT,
+    GROUP,
+    RECV,
+    SEND,
+    SYNC,
+    VIA_SYNC,
+    Event,
+)
+from reports.history import METRICS, Run, load_run
 from reports.stats import (
     FloatArray,
     IntArray,
@@ -173,9 +185,9 @@ def _walk(run: Run) -> _Tally:
     recvs = tally.recvs
     for e in run.events:
         ev = e["ev"]
-        if ev == "recv":
+        if ev == RECV:
             recvs.append(e)
-        elif ev == "send":
+        elif ev == SEND:
             msg = e.get("msg")
             if msg is None:
                 continue
@@ -193,24 +205,24 @@ def _walk(run: Run) -> _Tally:
                 t=t,
                 intended=t if intended is None else intended,
             )
-        elif ev == "ack":
+        elif ev == ACK:
             acks.append(e)
-        elif ev == "connect":
+        elif ev == CONNECT:
             if e.get("ok") is False:
                 tally.connect_failed += 1
             else:
                 tally.connects.append(e["t"])
-        elif ev == "disconnect":
+        elif ev == DISCONNECT:
             tally.disconnects.append(e["t"])
-        elif ev == "sync":
+        elif ev == SYNC:
             tally.syncs.append(e["t"])
-        elif ev == "group":
+        elif ev == GROUP:
             conv = e.get("conv") or ""
             if conv.startswith("group:"):
                 tally.groups.setdefault(conv[6:], set()).update(
                     _user(u) for u in e.get("members") or ()
                 )
-        elif ev == "fault":
+        elif ev == FAULT:
             tally.fault_events.append(e)
 
     # Acks are applied after all sends so that equal timestamps across files are harmless.
@@ -292,7 +304,7 @@ def _deliver(tally: _Tally) -> _Deliveries:
                     {"msg": msg, "user": user, "t": e["t"], "why": "never sent"}
                 )
             continue
-        by_sync = e.get("via") == "sync"
+        by_sync = e.get("via") == VIA_SYNC
         seq = e.get("seq")
         if seq is None:
             seq = m.seq

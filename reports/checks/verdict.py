@@ -75,9 +75,14 @@ def overall(anomalies: dict[str, int | None], results: dict[str, Result]) -> tup
         kinds = ", ".join(f"{k} {v:,}" for k, v in found.items())
         n = sum(found.values())
         return "anomalous", f"{n:,} {'anomaly' if n == 1 else 'anomalies'} ({kinds})"
-    crashed = [f"{name} ({r.error})" for name, r in results.items() if r.error is not None]
+    crashed: dict[str, list[str]] = {}
+    for name, r in results.items():
+        if r.error is not None:
+            crashed.setdefault(r.error, []).append(name)
     if crashed:
-        return "unknown", "check crashed: " + "; ".join(crashed)
+        return "unknown", "check crashed: " + "; ".join(
+            f"{', '.join(names)} ({error})" for error, names in crashed.items()
+        )
     a = results.get(AVAILABILITY.name)
     if a is None:
         return "unknown", "availability was not checked"

@@ -48,7 +48,8 @@ def judged(sections: dict[str, Any], anomalies: dict[str, int], **extra: Any) ->
     if found:
         why = ", ".join(f"{k} {v:,}" for k, v in found.items())
         return Result("anomalous", why, sections, dict(anomalies), **extra)
-    return Result("clean", "no " + ", ".join(anomalies), sections, dict(anomalies), **extra)
+    why = ", ".join(f"{k} 0" for k in anomalies)
+    return Result("clean", why, sections, dict(anomalies), **extra)
 
 
 def figures(sections: dict[str, Any]) -> Result:

@@ -81,9 +81,10 @@ def compose(run: Run, checks: Sequence[Check] = CHECKS) -> dict[str, Any]:
     metrics["anomalies"] = anomalies
     verdict, why = overall(anomalies, results)
     metrics["verdict"] = {"verdict": verdict, "why": why}
-    metrics = {k: metrics[k] for k in (*LAYOUT, *metrics) if k in metrics}
-    metrics["summary"] = _summary(metrics, len(run.events))
-    return metrics
+    ordered = {k: metrics[k] for k in LAYOUT if k in metrics}
+    ordered.update(metrics)  # a section LAYOUT does not name goes last
+    ordered["summary"] = _summary(ordered, len(run.events))
+    return ordered
 
 
 def _checker(run: Run, results: dict[str, Result]) -> dict[str, Any]:

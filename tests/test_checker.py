@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import numpy as np
 import pytest
 
 from reports.checker import ANOMALY_KINDS, check, main, summary_table
+from reports.checks import CHECKS, compose
+from reports.checks.index import Index
 from reports.history import load_run
 from reports.stats import count_inversions, latency_stats
 
@@ -613,3 +617,66 @@ def test_refused_sends_are_judged_and_anomalies_win(tmp_path: Path) -> None:
     assert m["availability"]["judged_sends"] == 3
     assert m["summary"]["verdict"] == "anomalous"
     assert m["verdict"]["why"] == "1 anomaly (lost 1)"
+
+
+# --------------------------------------------------------------------------- crashing checks
+
+
+def _crash(index: Index) -> Any:
+    raise RuntimeError("boom")
+
+
+def _crashing(name: str) -> tuple[Any, ...]:
+    return tuple(replace(c, run=_crash) if c.name == name else c for c in CHECKS)
+
+
+def test_a_crashing_check_reads_unknown_and_the_others_still_report(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m1", seq=1)
+    h.recv(0.010, "b", "m1", "a", DM_AB, seq=1)
+    run = load_run(h.write(tmp_path / "run"))
+    metrics = compose(run, _crashing("ordering"))
+    unknown = {"verdict": "unknown", "error": "check ordering raised RuntimeError: boom"}
+    assert metrics["ordering"] == unknown
+    assert metrics["deliveries"]["delivered"] == 1
+    assert metrics["latency_ms"]["push"]["count"] == 1
+    assert metrics["availability"]["judged_sends"] == 1
+    assert metrics["anomalies"] == {
+        "lost": 0,
+        "duplicated": 0,
+        "unexpected": 0,
+        "seq_backwards": None,
+        "order_disagreements": None,
+        "fifo_violations": None,
+    }
+    assert metrics["verdict"]["verdict"] == "unknown"
+    assert "ordering (RuntimeError: boom)" in metrics["verdict"]["why"]
+    assert not metrics["summary"]["clean"]
+    json.dumps(metrics, allow_nan=False)
+    assert re.search(r"^anomaly: seq_backwards +-$", summary_table(metrics), re.M)
+
+
+def test_an_anomaly_outweighs_a_crashing_check(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m1", seq=1)  # never received: lost
+    h.sent(1.0, "a", DM_AB, "m2", seq=2)
+    h.recv(1.010, "b", "m2", "a", DM_AB, seq=2)
+    metrics = compose(load_run(h.write(tmp_path / "run")), _crashing("latency"))
+    assert metrics["latency_ms"]["verdict"] == "unknown"
+    assert metrics["summary"]["push_p99_ms"] is None
+    assert metrics["verdict"]["verdict"] == "anomalous"
+    assert metrics["anomalies"]["lost"] == 1
+
+
+def test_a_run_the_index_cannot_read_is_unknown_throughout(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", G, "m1", seq=1)
+    run_dir = h.write(tmp_path / "run", groups={"g1": 5})  # members not a list
+    metrics = check(run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["verdict"] == metrics["verdict"]
+    for section in ("sends", "deliveries", "ordering", "latency_ms", "series", "availability"):
+        assert metrics[section]["verdict"] == "unknown"
+        assert "TypeError" in metrics[section]["error"]
+    assert metrics["verdict"]["verdict"] == "unknown"
+    assert metrics["summary"]["events"] == 2
+    assert "verdict" in summary_table(metrics)

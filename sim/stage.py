@@ -817,7 +817,7 @@ class StageModel:
             self.at(user.back_at, partial(self._post_now, user, "back"))
 
     def catch_up(self, user: User, only: list[int] | None = None) -> Steps:
-        """The seed's rule (`ClientCore.catch_up_steps`): `latest`, then sync each
+        """The seed's rule (`ClientCore.catch_up`): `latest`, then sync each
         conversation whose max seq is behind; `only` repairs gaps without `latest`."""
         if FEATURE_HISTORY not in self.features:
             return

@@ -1,5 +1,5 @@
 """Watching a load run from outside: CPU use of the load generator and of the stage's
-processes (sampled with psutil), the Locust processes' status files, and the verdict
+processes (sampled with psutil), the Locust processes' status summed, and the verdict
 whether the generator rather than the server was the limit (docs/PROTOCOL.md section 8).
 """
 
@@ -124,16 +124,6 @@ def process_tree(pid: int | None) -> list[int]:
 
 
 # ---------------------------------------------------------------- status files
-
-
-def read_status(loadgen: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(loadgen.glob("status-*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def total_status(statuses: list[dict[str, Any]]) -> dict[str, Any]:

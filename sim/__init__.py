@@ -2,7 +2,7 @@
 
 The world of a stage: `stage` (`StageModel`, the run as `loadtest/runner.py` runs
 it) is the stage's `server` (what `imlab/server.py` shares: nodes, handlers, push)
-and holds the `store` (Redis, `imlab/store.py`), the `client` SDK (`imlab/client.py`),
+and holds the `store` (Redis, `imlab/store.py`), the `client` SDK (`imlab/client/`),
 the load tool's `users` (`loadtest/users.py`), the `consumers` loop
 (`imlab/consumers.py`) over the `kafka` broker and `kafka_group` consumers, `chaos`
 (the fault plan, `imlab/chaos.py`) and the `ledger` (the model's own bookkeeping).

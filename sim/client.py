@@ -1,4 +1,4 @@
-"""The clients, as `imlab/client.py` is the real client SDK: connect to the first live
+"""The clients, as `imlab/client/` is the real client SDK: connect to the first live
 node in the user's order, call and wait for the ack, keep an inbox in seq order, catch
 up by `latest` and `sync` after every (re)connect, repair gaps, reconnect with backoff.
 
@@ -347,7 +347,7 @@ class Client:
             delay = min(delay * 2, self.p.reconnect_max)
 
     def catch_up(self, user: User, only: list[int] | None = None) -> Steps:
-        """The seed's rule (`ClientCore.catch_up_steps`): `latest`, then sync each
+        """The seed's rule (`ClientCore.catch_up`): `latest`, then sync each
         conversation whose max seq is behind; `only` repairs gaps without `latest`."""
         if FEATURE_HISTORY not in self.m.features:
             return

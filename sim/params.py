@@ -106,7 +106,7 @@ class Params:
     loadgen_processes: int = 0
     loadgen_event: Dist = Dist(0.000165, 0.5)
     """CPU of one Locust process per client event (a send and its ack, or a receipt)"""
-    # The client SDK and the load tool's user (imlab/client.py, loadtest/users.py).
+    # The client SDK and the load tool's user (imlab/client/, loadtest/users.py).
     call_timeout: float = 10.0
     gap_sync_delay: float = 0.5
     reconnect_min: float = 0.2

@@ -9,6 +9,7 @@ import pytest
 
 from imlab import protocol as p
 from imlab.client import ClientCore, Inbox, ordered_endpoints
+from imlab.client.core import Answer, CaughtUp
 
 
 def msg(conv: str, seq: int | None, body: str = "") -> p.Message:
@@ -87,14 +88,16 @@ def test_endpoint_order_starts_at_the_users_home_node_and_covers_all() -> None:
 def test_catch_up_follows_the_seeds_x_less_than_y_rule() -> None:
     core = ClientCore("alice", "http://x")
     core.features = {p.FEATURE_HISTORY}
-    core.handle_message(msg("group:g1", 1).to_dict(), "push")
-    steps = core.catch_up_steps()
+    core.receive(msg("group:g1", 1).to_dict(), "push", 5.0)
+    steps = core.catch_up()
     assert next(steps) == (p.LATEST, {})
-    req = steps.send({"ok": True, "seqs": {"group:g1": 3, "dm:a:b": 0}})
+    req = steps.send(Answer({"ok": True, "seqs": {"group:g1": 3, "dm:a:b": 0}}, 6.0))
     assert req == (p.SYNC, {"conv": "group:g1", "after_seq": 1, "limit": 200})
     page = [msg("group:g1", s).to_dict() for s in (2, 3)]
-    with pytest.raises(StopIteration):
-        steps.send({"ok": True, "messages": page, "latest_seq": 3, "has_more": False})
+    steps.send(Answer({"ok": True, "messages": page, "latest_seq": 3, "has_more": False}, 7.0))
+    rest = list(steps)
+    caught_up = [e for e in rest if isinstance(e, CaughtUp)]
+    assert caught_up == [CaughtUp("group:g1", 2, 1), CaughtUp("dm:a:b", 0, 0)]
     assert [m.seq for m in core.received["group:g1"]] == [1, 2, 3]
     assert core.received_via == {"push": 1, "sync": 2}
 
@@ -102,7 +105,7 @@ def test_catch_up_follows_the_seeds_x_less_than_y_rule() -> None:
 def test_no_catch_up_without_history() -> None:
     core = ClientCore("alice", "http://x")
     with pytest.raises(StopIteration):
-        next(core.catch_up_steps())
+        next(core.catch_up())
 
 
 @pytest.mark.parametrize(

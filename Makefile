@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt clean kafka
+.PHONY: demo test test-fast lint fmt clean kafka
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP) kafka
 
 test: $(STAMP) kafka
 	$(BIN)/pytest -q
+
+# the unit tests alone (tests/unit: no process started), in seconds
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,7 +13,7 @@ import pytest
 
 from imlab.fuzz import DOCUMENTED_CODES, EVENT_KINDS, Fuzzer, Tally
 
-from .conftest import ALL_STAGES, StageUnderTest
+from ..conftest import ALL_STAGES, StageUnderTest
 
 every_stage = pytest.mark.parametrize("cluster", ALL_STAGES, indirect=True)
 

@@ -20,8 +20,8 @@ from imlab.client import AsyncChatClient
 from imlab.cluster import Cluster, ClusterSpec
 from imlab.protocol import Message
 
-from .conftest import StageUnderTest
-from .nodes import eventually, group_of, health, metric_sum, pinned, summary, user_on
+from ..conftest import StageUnderTest
+from ..nodes import eventually, group_of, health, metric_sum, pinned, summary, user_on
 
 SERVERS = 3
 

@@ -19,8 +19,8 @@ from imlab.client import AsyncChatClient, ConnectRefused
 from imlab.cluster import Cluster, ClusterSpec
 from imlab.protocol import Message
 
-from .conftest import StageUnderTest
-from .nodes import eventually, group_of, health, metric_sum, pinned, summary
+from ..conftest import StageUnderTest
+from ..nodes import eventually, group_of, health, metric_sum, pinned, summary
 
 GATEWAYS = 3
 

@@ -11,7 +11,7 @@ import socketio
 from imlab import protocol as p
 from imlab.client import AsyncChatClient, ConnectRefused
 
-from .conftest import ALL_STAGES, HISTORY_STAGES, StageUnderTest
+from ..conftest import ALL_STAGES, HISTORY_STAGES, StageUnderTest
 
 every_stage = pytest.mark.parametrize("cluster", ALL_STAGES, indirect=True)
 history_stages = pytest.mark.parametrize("cluster", HISTORY_STAGES, indirect=True)

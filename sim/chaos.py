@@ -39,11 +39,13 @@ class Chaos:
 
     def broker_outage(self, fault: BrokerDown) -> float:
         """How long the cluster is unavailable: one broker of three only until the
-        others lead its partitions (`kafka_failover`); else the fault's window."""
+        others lead its partitions (`kafka_failover`); else the fault's window and,
+        for Apache Kafka, the node's restart (`kafka_restart`)."""
         p = self.m.p
+        down = fault.duration + (p.kafka_restart if p.kafka_durable else 0.0)
         if fault.scope != "all" and p.kafka_brokers >= 3:
-            return min(fault.duration, p.kafka_failover)
-        return fault.duration
+            return min(down, p.kafka_failover)
+        return down
 
     def find_node(self, name: str) -> Node:
         m = self.m

@@ -93,6 +93,10 @@ class Params:
     """Apache Kafka keeps its log across a restart; Tansu (memory only) does not, and
     only then do the stale-ack window and the topic re-creation (`kafka_reset`) apply"""
     kafka_brokers: int = 1
+    kafka_restart: float = 5.5
+    """a stopped Apache Kafka node answers again this long after its window ends (a JVM
+    start on the 2 loaded cores): broker-down:3s windows lasted 8.3-9.4 s in `imlab
+    compare` and the live-fault tests, 2026-12-01 (Tansu restarts in milliseconds)"""
     kafka_failover: float = 2.0
     """with three brokers, one stopped or killed broker's partitions are unavailable this
     long (leader election and the clients' metadata refresh), and nothing is lost"""

@@ -255,7 +255,9 @@ class Cluster:
 
     def write_manifest(self, extra: dict[str, Any] | None = None) -> Path:
         path = self.run_dir / "cluster.json"
-        path.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))
+        tmp = path.with_suffix(".json.tmp")  # readers (`imlab kill` ...) never see half
+        tmp.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))
+        tmp.replace(path)
         return path
 
 

@@ -174,8 +174,16 @@ def test_sigterm_to_serve_leaves_no_process_behind(tmp_path: Path) -> None:
         else:
             pytest.fail("imlab serve v2 did not come up")
         assert len(children) >= 2  # the stage server and its Redis
-        bob = _chat(f"http://127.0.0.1:{port}", "bob")  # an open connection to close
-        time.sleep(1.5)
+        out_path = tmp_path / "bob.out"
+        with out_path.open("w") as out:  # an open connection to close
+            bob = subprocess.Popen(
+                [*IMLAB, "chat", "--url", f"http://127.0.0.1:{port}", "--user", "bob"],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30  # a loaded machine starts a Python slowly
+        while "connected to" not in out_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "connected to" in out_path.read_text(), out_path.read_text()
         began = time.monotonic()
         serve.send_signal(signal.SIGTERM)
         serve.wait(15)
@@ -183,7 +191,8 @@ def test_sigterm_to_serve_leaves_no_process_behind(tmp_path: Path) -> None:
         _gone, alive = psutil.wait_procs(children, timeout=5)
         assert alive == [], [" ".join(p.cmdline()) for p in alive]
         assert took < 4.0, f"imlab serve took {took:.1f}s to stop"
-        bob_out, _ = bob.communicate("/quit\n", timeout=30)
+        bob.communicate("/quit\n", timeout=30)
+        bob_out = out_path.read_text()
         assert "* connection dropped" in bob_out, bob_out
     finally:
         if serve.poll() is None:

@@ -29,6 +29,7 @@ Command = Callable[[argparse.Namespace], int]
 _PLUGINS: list[str] = [
     "imlab_app.stagectl",
     "loadtest.cli",
+    "loadtest.capacity",
     "reports.cli",
     "sim.cli",
     "imlab_app.compare",

@@ -153,8 +153,9 @@ class _Progress:
         self._last = wall
         c = model.counts.c
         now = model.env.now
+        end = f"{model.send_end:.0f}s+drain" if model.send_end < float("inf") else "(connecting)"
         line = (
-            f"[sim {now:7.1f}s of {model.send_end:.0f}s+drain | wall {wall:6.1f}s | "
+            f"[sim {now:7.1f}s of {end} | wall {wall:6.1f}s | "
             f"x{now / wall if wall else 0:5.1f} real time] sends {c.get('sends', 0):,} "
             f"ok {c.get('acked_ok', 0):,} err {c.get('acked_error', 0):,} "
             f"recv {c.get('deliveries_push', 0) + c.get('deliveries_sync', 0):,} "

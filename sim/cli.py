@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "allows), all, or a number",
     )
     p.add_argument("--trace-events", type=int, default=TRACE_EVENTS, help="auto's budget")
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="F",
+        help="simulate a random fraction F of the conversations message by message and the "
+        "rest of the population as aggregate load on every server (large populations)",
+    )
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
     p.add_argument("--no-check", action="store_true", help="skip the checker")
     p.set_defaults(func=cmd_sim)
@@ -95,6 +103,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             params=args.params,
             trace=args.trace,
             trace_events=args.trace_events,
+            sample=args.sample,
             max_drain=args.max_drain,
             spawn_rate=args.spawn_rate,
             run_dir=Path(args.run_dir) if args.run_dir else None,

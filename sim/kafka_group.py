@@ -6,6 +6,7 @@ redelivers what was not committed).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Generator, Iterable
 from typing import Any, Generic, TypeVar
@@ -52,6 +53,11 @@ class Consumer(Generic[V]):
         self._epoch: dict[Partition[V], int] = {}
         self._ready: dict[Partition[V], None] = {}  # partitions that may have records to fetch
         self._wakeup: Event | None = None
+        # A sampled run (`sim.sample`): the unsampled population's records on this
+        # consumer's partitions come at this rate, end a waiting fetch, and are committed.
+        self.background_rate = 0.0
+        self.background_commit = 0.0
+        self._checked = 0.0
 
     def __repr__(self) -> str:
         return f"Consumer({self.name!r})"
@@ -101,8 +107,16 @@ class Consumer(Generic[V]):
         deadline = env.now + self.fetch_wait
         while True:
             records = self._take() if broker.up else []
+            if records:
+                self._checked = env.now
             if records or env.now >= deadline:
                 break
+            if self.background_rate > 0 and broker.up:
+                since, self._checked = env.now - self._checked, env.now
+                if self.rng.random() < -math.expm1(-self.background_rate * since):
+                    # the population's records came meanwhile: fetched, handled, committed
+                    yield env.timeout(self.background_commit)
+                    break
             if self.long_poll and broker.up:
                 self._wakeup = env.event()
                 yield self._wakeup | env.timeout(deadline - env.now)

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine import FifoServer
 from sim.ledger import OK
+from sim.sample import LoadedServer
 from sim.stage import StageModel
 
 __all__ = ["SAMPLED_NOTE", "population_figures", "population_table"]
@@ -41,6 +43,8 @@ def population_figures(model: StageModel) -> dict[str, Any]:
     window = model.send_end - model.send_start
     return {
         "users": len(model.users),
+        "of_users": model.population,
+        "scale": model.scale,
         "sends": {
             "attempted": len(led),
             "acked_ok": n_ok,
@@ -99,6 +103,7 @@ def population_figures(model: StageModel) -> dict[str, Any]:
             n.name: {
                 "jobs": n.cpu.jobs,
                 "utilisation": round(n.cpu.busy / max(model.env.now, 1e-9), 4),
+                **_background(n.cpu),
             }
             for n in (*model.nodes, *model.workers, *model.loadgens_as_nodes())
         }
@@ -106,11 +111,17 @@ def population_figures(model: StageModel) -> dict[str, Any]:
             "redis": {
                 "jobs": model.store.redis.jobs,
                 "utilisation": round(model.store.redis.busy / max(model.env.now, 1e-9), 4),
+                **_background(model.store.redis),
             }
         },
         "kafka": model.kafka_figures(),
         "series": {"t0_offset_s": 0, **{k: v for k, v in c.series.items()}},
     }
+
+
+def _background(server: FifoServer) -> dict[str, int]:
+    """The aggregate population's jobs at a loaded server (`sim.sample`)."""
+    return {"background_jobs": server.bg_jobs} if isinstance(server, LoadedServer) else {}
 
 
 def population_table(pop: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from imlab.experiment.runfolder import new_run_dir
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import Params, load_params
 from sim.population import SAMPLED_NOTE, population_figures, population_table
+from sim.sample import load_population, sample_scenario
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
 from sim.stage import StageModel
 
@@ -80,6 +81,7 @@ class SimOptions:
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
     params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
     trace: str = "auto"  # auto | all | number of conversations
+    sample: float | None = None  # simulate this fraction of conversations; the rest in aggregate
     trace_events: int = TRACE_EVENTS
     max_drain: float = 30.0
     settle: float = 1.5
@@ -151,8 +153,9 @@ class _Progress:
         self._last = wall
         c = model.counts.c
         now = model.env.now
+        end = f"{model.send_end:.0f}s+drain" if model.send_end < float("inf") else "(connecting)"
         line = (
-            f"[sim {now:7.1f}s of {model.send_end:.0f}s+drain | wall {wall:6.1f}s | "
+            f"[sim {now:7.1f}s of {end} | wall {wall:6.1f}s | "
             f"x{now / wall if wall else 0:5.1f} real time] sends {c.get('sends', 0):,} "
             f"ok {c.get('acked_ok', 0):,} err {c.get('acked_error', 0):,} "
             f"recv {c.get('deliveries_push', 0) + c.get('deliveries_sync', 0):,} "
@@ -191,6 +194,12 @@ def build_model(
         seed=opts.seed,
         features=set(cls.features),
     )
+    population = sc.users
+    spawn_rate = opts.spawn_rate or max(10.0, sc.users / 2.0)
+    scale = 1.0
+    if opts.sample is not None:
+        sc, scale = sample_scenario(sc, opts.sample, opts.seed)
+        spawn_rate /= scale  # the sample connects over the same seconds as everybody
     if params.loadgen_processes > 0:
         traced = list(range(len(sc.convs)))  # a reproduced real run: everybody is traced
     else:
@@ -210,8 +219,26 @@ def build_model(
         seed=opts.seed,
         max_drain=opts.max_drain,
         settle=opts.settle,
-        spawn_rate=opts.spawn_rate,
+        spawn_rate=spawn_rate if opts.sample is not None else opts.spawn_rate,
     )
+    if opts.sample is not None:
+        model.population = population
+        model.scale = scale
+        loaded = load_population(
+            [n.cpu for n in (*model.nodes, *model.workers)] + [model.store.redis],
+            scale,
+            1.0 / (sc.users * sc.rate),
+            opts.seed,
+        )
+        for node, server in zip((*model.nodes, *model.workers), loaded, strict=False):
+            node.cpu = server
+        model.store.redis = loaded[-1]
+        consumers = [n.consumer for n in (*model.nodes, *model.workers) if n.consumer is not None]
+        parts = sum(len(c.assignment) for c in consumers)
+        for consumer in consumers:  # one record a send, over the group's partitions
+            share = len(consumer.assignment) / parts if parts else 0.0
+            consumer.background_rate = (scale - 1.0) * sc.users * sc.rate * share
+            consumer.background_commit = 2 * params.kafka_link.mean
     return model, sc, traced
 
 
@@ -235,11 +262,25 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         writer.history.close()
         raise
     traced_users = sorted({u for c in traced for u in sc.convs[c].members})
+    sampled = (
+        f"; sampling {len(model.users):,} users ({len(sc.convs):,} conversations), the "
+        f"other {model.population - len(model.users):,} as aggregate load (x{model.scale:.4g})"
+        if opts.sample is not None
+        else ""
+    )
+    broker = (
+        f"{opts.broker} ({'durable' if opts.broker != 'tansu' else 'memory only'}, "
+        f"{opts.brokers} node{'s' if opts.brokers > 1 else ''})"
+        if model.uses_kafka
+        else "none"
+    )
     say.say(
         f"simulating {opts.stage} / {opts.scenario}: {opts.users:,} users × {opts.rate:g}/s "
         f"for {opts.duration:g}s, {len(model.nodes)} node(s), {len(model.workers)} worker(s), "
-        f"faults {plan.spec() or 'none'}; tracing {len(traced):,} of {len(sc.convs):,} "
-        f"conversations ({len(traced_users):,} users) into {run_dir}"
+        f"faults {plan.spec() or 'none'}{sampled}; tracing {len(traced):,} of "
+        f"{len(sc.convs):,} conversations ({len(traced_users):,} users) into {run_dir}\n"
+        f"parameters: {opts.params or 'built-in defaults (sim.params.DEFAULTS)'}; "
+        f"broker modelled: {broker}"
     )
     began = time.perf_counter()
     cpu_began = time.process_time()
@@ -249,7 +290,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     events = next(model.env._eid)  # SimPy's count of scheduled events (its event ids)
     drain_end = model.drain_end or model.env.now
     population = population_figures(model)
-    offered = sc.offered_sends_per_s()
+    offered = sc.rate * model.population
     params_out: dict[str, Any] = {
         "users": opts.users,
         "rate": opts.rate,
@@ -276,7 +317,19 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     sim_info: dict[str, Any] = {
         "model": f"sim.{opts.stage}",
         "params_file": opts.params,
+        "params_from": opts.params or "built-in defaults (sim.params.DEFAULTS)",
         "params": params.to_dict(),
+        "broker_modelled": broker,
+        "sample": None
+        if opts.sample is None
+        else {
+            "fraction": opts.sample,
+            "users": len(model.users),
+            "of_users": model.population,
+            "conversations": len(sc.convs),
+            "scale": round(model.scale, 6),
+            "how": "sim.sample: sampled conversations end to end, the rest as aggregate load",
+        },
         "trace": {
             "spec": opts.trace,
             "conversations": len(traced),
@@ -291,6 +344,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "cpu_seconds": round(sim_cpu, 3),
         "simpy_events": events,
         "events_per_s": round(events / sim_wall) if sim_wall else None,
+        "times_real_time": round(drain_end / sim_wall, 3) if sim_wall else None,
         "messages": len(model.ledger),
         "history_events": writer.history.recorder.count
         if isinstance(writer.history.recorder, JsonlRecorder)

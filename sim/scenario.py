@@ -27,7 +27,15 @@ from imlab.experiment.scenarios import (
     user_names,
 )
 
-__all__ = ["SCENARIOS", "ChurnSpec", "Conversation", "PlanError", "SimScenario", "build_scenario"]
+__all__ = [
+    "SCENARIOS",
+    "ChurnSpec",
+    "Conversation",
+    "PlanError",
+    "SimScenario",
+    "build_scenario",
+    "schedule_phases",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,8 @@ class SimScenario:
     user_convs: list[list[int]] = field(default_factory=list)
     phases: list[float] = field(default_factory=list)
     churners: frozenset[int] = frozenset()
+    origin: list[int] | None = None
+    """a sample's users' indices in the whole population (`sim.sample`); None: everybody"""
 
     @property
     def uses_groups(self) -> bool:
@@ -65,6 +75,8 @@ class SimScenario:
 
     def churn_clock(self, index: int) -> ChurnClock:
         """User `index`'s online/offline spells: the same draws as in a real run."""
+        if self.origin is not None:
+            index = self.origin[index]
         return ChurnClock(self.churn, random.Random(f"{self.seed}:churn:{index}"))
 
     def offered_sends_per_s(self) -> float:
@@ -115,12 +127,12 @@ def build_scenario(
                 sc.user_convs[a].append(k)
                 sc.user_convs[b].append(k)
             sc.send_conv[u] = k
-    sc.phases = _phases(sc)
+    sc.phases = schedule_phases(sc)
     sc.churners = churners(seed, users, spec.fraction)
     return sc
 
 
-def _phases(sc: SimScenario) -> list[float]:
+def schedule_phases(sc: SimScenario) -> list[float]:
     """`LoadPlan.phase` for every user: golden-ratio offsets within one period."""
     if sc.scenario == "burst":
         gids = [c.group_id or "" for c in sc.convs]

@@ -59,6 +59,8 @@ class StageModel(Server):
         spawn_rate: float = 0.0,
     ) -> None:
         self.sc = scenario
+        self.population = len(scenario.names)  # users in the population (a sample has fewer)
+        self.scale = 1.0  # population users per simulated user (`sim.sample`)
         self.p = params
         self.faults = faults
         self.seed = seed

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt clean kafka
+.PHONY: demo test test-fast lint fmt clean kafka
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,13 +16,17 @@ $(STAMP): pyproject.toml
 # Apache Kafka's jars, fetched once by Maven into .cache/kafka (a no-op when present;
 # without a JDK it says so and the stages fall back to Tansu).
 kafka: $(STAMP)
-	$(BIN)/python -m imlab.brokers fetch
+	$(BIN)/python -m imlab.kafka_dist fetch
 
 demo: $(STAMP) kafka
 	$(BIN)/imlab compare --quick
 
 test: $(STAMP) kafka
 	$(BIN)/pytest -q
+
+# the unit tests alone (tests/unit: no process started), in seconds
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

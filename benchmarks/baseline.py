@@ -27,9 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imlab.cluster import STAGES, machine_info, package_versions
+from imlab.cluster import machine_info, package_versions
+from imlab.experiment.scenarios import PlanError
 from imlab.services import install_signal_handlers
-from loadtest.plan import PlanError
+from imlab.stages import names as stage_names
 from loadtest.runner import LoadOptions, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ FIGURES = (
 def existing_stages() -> list[str]:
     """Stages whose entry point exists in this tree (a server, or v4's gateway)."""
     out = []
-    for stage in STAGES:
+    for stage in stage_names():
         for module in (f"versions.{stage}.server", f"versions.{stage}.gateway"):
             try:
                 if importlib.util.find_spec(module) is not None:

@@ -2,7 +2,7 @@
 or Tansu (a memory-only Kafka-protocol broker in one binary, `--broker tansu`).
 
 Apache Kafka runs in KRaft mode from its official Maven artifacts, fetched once by
-Maven into the project's cache (`.cache/kafka/<version>/libs`, see `kafka_libs`).
+Maven into the project's cache (`imlab.kafka_dist`).
 Each node is a combined broker and controller on two free loopback ports with its
 data in a temporary folder and its log in the run folder; a cluster of three has
 replication factor 3 and `min.insync.replicas=2`, so it keeps every acknowledged
@@ -15,11 +15,9 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,163 +28,17 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Self
 
+from imlab.kafka_dist import (
+    KAFKA_VERSION,
+    BrokerUnavailable,
+    java_available,
+    java_binary,
+    kafka_libs,
+)
+from imlab.kafka_probe import kafka_metadata, kafka_metadata_ok
 from imlab.services import Service, ServiceError, free_port
 
-KAFKA_VERSION = "4.4.0"
-KAFKA_ARTIFACT = "org.apache.kafka:kafka_2.13"
-LOG4J_VERSION = "2.24.3"  # the slf4j binding Kafka's own distribution ships
 BROKER_KINDS = ("auto", "kafka", "tansu")
-
-
-class BrokerUnavailable(ServiceError):
-    """The chosen broker cannot run here; the message says what to install."""
-
-
-# ---------------------------------------------------------------- the Kafka protocol probe
-
-
-def kafka_metadata(host: str, port: int, timeout: float = 0.5) -> list[int]:
-    """The node ids of the brokers a Kafka Metadata request (v4) lists.
-
-    v4 because Kafka 4 removed v0-v3 (KIP-896); Tansu answers it too. No topics are
-    asked for (a null array means all, so an empty one is sent) and none are created.
-    """
-    client_id = b"imlab-probe"
-    header = struct.pack(">hhih", 3, 4, 7, len(client_id)) + client_id
-    body = struct.pack(">ib", 0, 0)  # topics: empty array; allow_auto_topic_creation: false
-    request = header + body
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        s.sendall(struct.pack(">i", len(request)) + request)
-        (size,) = struct.unpack(">i", _recv_exact(s, 4))
-        payload = _recv_exact(s, size)
-    correlation_id, _throttle, n_brokers = struct.unpack(">iii", payload[:12])
-    if correlation_id != 7:
-        raise OSError("metadata answer with a wrong correlation id")
-    ids, pos = [], 12
-    for _ in range(n_brokers):
-        (node_id,) = struct.unpack(">i", payload[pos : pos + 4])
-        (host_len,) = struct.unpack(">h", payload[pos + 4 : pos + 6])
-        pos += 6 + host_len + 4  # host, port
-        (rack_len,) = struct.unpack(">h", payload[pos : pos + 2])
-        pos += 2 + max(rack_len, 0)
-        ids.append(node_id)
-    return ids
-
-
-def kafka_metadata_ok(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when the broker answers a Metadata request listing at least one broker."""
-    return len(kafka_metadata(host, port, timeout)) >= 1
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise OSError("connection closed")
-        buf += chunk
-    return buf
-
-
-# ---------------------------------------------------------------- Apache Kafka's jars
-
-
-def cache_dir() -> Path:
-    """The project's cache (`.cache/` beside pyproject.toml), or `$IMLAB_CACHE`."""
-    if env := os.environ.get("IMLAB_CACHE"):
-        return Path(env)
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").exists():
-        return root / ".cache"
-    return Path.home() / ".cache" / "imlab"
-
-
-def java_binary() -> str:
-    """`java` from $JAVA_HOME or PATH; a clear error when there is none."""
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
-        return str(Path(home) / "bin" / "java")
-    found = shutil.which("java")
-    if found is None:
-        raise BrokerUnavailable(
-            "Apache Kafka needs a Java runtime (17 or newer) and none was found: install a "
-            "JDK (Debian: apt-get install openjdk-17-jdk-headless maven) or use --broker tansu"
-        )
-    return found
-
-
-def java_available() -> bool:
-    try:
-        java_binary()
-    except BrokerUnavailable:
-        return False
-    return True
-
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>imlab</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>
-      <version>{version}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
-  </dependencies>
-</project>
-"""
-
-
-def kafka_libs(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
-    """The folder of Apache Kafka's jars, fetched by Maven on first use.
-
-    The jars land in `<cache>/kafka/<version>/libs`, complete or not at all (fetched
-    into a scratch folder, then renamed), under a file lock so parallel first uses
-    fetch once.
-    """
-    home = cache_dir() / "kafka" / version
-    libs = home / "libs"
-    if _complete(libs, version):
-        return libs
-    java_binary()
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerUnavailable(
-            "Apache Kafka's jars are fetched with Maven and `mvn` was not found: install "
-            "Maven (Debian: apt-get install maven) or use --broker tansu"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(libs, version):
-            return libs
-        group, artifact = KAFKA_ARTIFACT.split(":")
-        (home / "pom.xml").write_text(
-            _POM.format(group=group, artifact=artifact, version=version, log4j=LOG4J_VERSION)
-        )
-        scratch = home / "libs.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        if not quiet:
-            print(f"fetching Apache Kafka {version} with Maven into {libs} (once)", file=sys.stderr)
-        cmd = [mvn, "-q", "-B", "-f", str(home / "pom.xml"), "dependency:copy-dependencies",
-               f"-DoutputDirectory={scratch}", "-DincludeScope=runtime"]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not _complete(scratch, version):
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-            raise BrokerUnavailable(
-                f"Maven could not fetch {KAFKA_ARTIFACT}:{version} (is Maven Central "
-                f"reachable?); use --broker tansu meanwhile. Maven said:\n{tail}"
-            )
-        shutil.rmtree(libs, ignore_errors=True)
-        scratch.rename(libs)
-    return libs
-
-
-def _complete(libs: Path, version: str) -> bool:
-    return (libs / f"kafka_2.13-{version}.jar").exists() and (
-        libs / f"kafka-clients-{version}.jar"
-    ).exists()
 
 
 # ---------------------------------------------------------------- brokers
@@ -524,20 +376,18 @@ def make_broker(kind: str, logdir: Path, brokers: int = 1) -> Broker:
     return ApacheKafka(logdir, brokers)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m imlab.brokers fetch`: fetch Apache Kafka's jars now (make does this)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["fetch"]:
-        sys.exit("usage: python -m imlab.brokers fetch")
-    if not java_available():
-        print("no Java runtime: Apache Kafka not fetched; stages will run on Tansu",
-              file=sys.stderr)  # fmt: skip
-        return
-    try:
-        print(kafka_libs())
-    except BrokerUnavailable as exc:
-        sys.exit(str(exc))
-
-
-if __name__ == "__main__":
-    main()
+__all__ = [
+    "BROKER_KINDS",
+    "ApacheKafka",
+    "Broker",
+    "BrokerUnavailable",
+    "KafkaNode",
+    "Tansu",
+    "TansuNode",
+    "java_available",
+    "java_binary",
+    "kafka_metadata",
+    "kafka_metadata_ok",
+    "make_broker",
+    "resolve_kind",
+]

@@ -1,5 +1,5 @@
 """Live fault injection on a running `Cluster`, on the schedule of a fault spec
-(`sim.faults.parse_faults`, the same spelling `imlab sim` uses).
+(`imlab.experiment.faults.parse_faults`, the same spelling `imlab sim` uses).
 
 Each fault is applied to the real processes and then *verified*: a paused Redis
 must stop answering, a killed broker must stop answering metadata requests, a
@@ -32,8 +32,16 @@ from typing import Any
 
 from imlab.brokers import KafkaNode, TansuNode, kafka_metadata_ok
 from imlab.cluster import Cluster
+from imlab.experiment import history as H
+from imlab.experiment.faults import (
+    BrokerDown,
+    BrokerKill,
+    Crash,
+    FaultPlan,
+    RedisOutage,
+    RedisRestart,
+)
 from imlab.services import Service
-from sim.faults import BrokerDown, BrokerKill, Crash, FaultPlan, RedisOutage, RedisRestart
 
 log = logging.getLogger("imlab.chaos")
 
@@ -113,7 +121,7 @@ class LiveFaults:
         with self._lock:
             self.records.append(rec)
             if self.history is not None:
-                event = {"t": rec.start, "ev": "fault", **rec.as_dict()}
+                event = H.event(H.FAULT, rec.start, **rec.as_dict())
                 with self.history.open("a") as f:
                     f.write(json.dumps(event) + "\n")
 

@@ -10,6 +10,7 @@ path only: imlab never imports a stage.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,11 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from imlab.brokers import Broker, make_broker, resolve_kind
+from imlab import stages
+from imlab.brokers import BROKER_KINDS, Broker, make_broker, resolve_kind
 from imlab.kafka import OWNERSHIPS, KafkaOptions
 from imlab.services import ProcessService, RedisService, Service
+from imlab.stages import StageInfo
 
-STAGES = ("v1", "v2", "v3", "v4")
 DEFAULT_SECRET = "imlab-dev-secret-change-me-32-bytes-min"  # HS256 wants >= 32 bytes
 _PACKAGES = ("python-socketio", "aiohttp", "aiokafka", "redis", "locust", "simpy", "imlab")
 
@@ -34,8 +36,8 @@ class ClusterSpec:
     """What to run: the stage and its process counts, and optional external services."""
 
     stage: str
-    servers: int = 1  # v3 servers, v4 gateways
-    workers: int = 2  # v4 consumer workers
+    servers: int | None = None  # client-facing processes (v3 servers, v4 gateways)
+    workers: int | None = None  # the processes behind them (v4 workers)
     redis_url: str | None = None  # use this Redis instead of starting one
     kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting one
     broker: str = "auto"  # kafka (Apache Kafka), tansu, or auto: kafka where Java runs
@@ -47,12 +49,17 @@ class ClusterSpec:
     extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; choose from {', '.join(STAGES)}")
-        if self.stage in ("v1", "v2"):
-            self.servers = 1
-        if self.servers < 1 or (self.stage == "v4" and self.workers < 1):
-            raise ValueError("a stage needs at least one server/gateway (and one v4 worker)")
+        info = self.info  # ValueError for an unknown stage
+        front, back = info.front, info.back
+        if self.servers is None or not front.scalable:
+            self.servers = front.count
+        if back is None:
+            self.workers = 0
+        elif self.workers is None or not back.scalable:
+            self.workers = back.count
+        if self.servers < 1 or (back is not None and self.workers < 1):
+            raise ValueError(f"{self.stage} needs at least one {front.name}"
+                             + (f" and one {back.name}" if back else ""))  # fmt: skip
         if self.ownership not in OWNERSHIPS:
             raise ValueError(f"unknown ownership {self.ownership!r}; choose from {OWNERSHIPS}")
         if self.needs_kafka and not self.kafka_bootstrap:
@@ -61,12 +68,25 @@ class ClusterSpec:
                 raise ValueError("Tansu runs as a single node; use --broker kafka for a cluster")
 
     @property
+    def info(self) -> StageInfo:
+        return stages.stage(self.stage)
+
+    @property
     def needs_redis(self) -> bool:
-        return self.stage != "v1"
+        return self.info.needs_redis
 
     @property
     def needs_kafka(self) -> bool:
-        return self.stage in ("v3", "v4")
+        return self.info.needs_kafka
+
+    @property
+    def front(self) -> int:
+        assert self.servers is not None  # set in __post_init__
+        return self.servers
+
+    @property
+    def back(self) -> int:
+        return self.workers or 0
 
 
 def machine_info() -> dict[str, Any]:
@@ -155,8 +175,9 @@ class Cluster:
             if self.spec.needs_kafka and not self.spec.kafka_bootstrap:
                 self.kafka = make_broker(self.spec.broker, self.logs, self.spec.brokers)
                 self.kafka.start()
+            front = self.spec.info.front.name
             for name, svc in self._plan():
-                (self.workers if "worker" in name else self.nodes)[name] = svc
+                (self.nodes if name.startswith(f"{front}-") else self.workers)[name] = svc
             procs = [*self.nodes.values(), *self.workers.values()]
             for svc in procs:
                 svc.spawn()
@@ -192,26 +213,20 @@ class Cluster:
 
     def _process(self, name: str, module: str, args: list[str]) -> ProcessService:
         argv = [sys.executable, "-m", module, "--port", "{port}", "--node", name, *args]
-        env = {"IMLAB_SECRET": self.spec.secret} if self.spec.stage == "v4" else {}
+        env = {"IMLAB_SECRET": self.spec.secret} if self.spec.info.uses_tokens else {}
         return ProcessService(argv, self.logs, name=name, extra_env=env)
 
     def _plan(self) -> list[tuple[str, ProcessService]]:
-        stage, common = self.spec.stage, self._common_args()
-        if stage in ("v1", "v2", "v3"):
-            mod = f"versions.{stage}.server"
-            return [
-                (f"server-{i}", self._process(f"server-{i}", mod, common))
-                for i in range(self.spec.servers)
-            ]
-        gateways = [
-            (f"gateway-{i}", self._process(f"gateway-{i}", "versions.v4.gateway", common))
-            for i in range(self.spec.servers)
+        """Each role's processes, `<role>-<i>`, client-facing ones first."""
+        info, common = self.spec.info, self._common_args()
+        counts = {info.front.name: self.spec.front}
+        if info.back is not None:
+            counts[info.back.name] = self.spec.back
+        return [
+            (f"{role.name}-{i}", self._process(f"{role.name}-{i}", role.module, common))
+            for role in info.roles
+            for i in range(counts[role.name])
         ]
-        workers = [
-            (f"worker-{i}", self._process(f"worker-{i}", "versions.v4.worker", common))
-            for i in range(self.spec.workers)
-        ]
-        return gateways + workers
 
     # ------------------------------------------------------------ faults and inspection
 
@@ -240,5 +255,57 @@ class Cluster:
 
     def write_manifest(self, extra: dict[str, Any] | None = None) -> Path:
         path = self.run_dir / "cluster.json"
-        path.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))
+        tmp = path.with_suffix(".json.tmp")  # readers (`imlab kill` ...) never see half
+        tmp.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))
+        tmp.replace(path)
         return path
+
+
+# ---------------------------------------------------------------- command-line options
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    """The options that say which stage processes and services to run (up, load)."""
+    parser.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
+    parser.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
+    parser.add_argument("--workers", type=int, default=None, help="v4 consumer workers (default 2)")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting one"
+    )
+    add_broker_args(parser)
+    parser.add_argument("--secret", default=DEFAULT_SECRET, help="v4 token signing secret")
+
+
+def add_broker_args(parser: argparse.ArgumentParser) -> None:
+    """How v3/v4 get their Kafka cluster (shared by up, load and compare)."""
+    parser.add_argument(
+        "--broker",
+        choices=BROKER_KINDS,
+        default="auto",
+        help="Apache Kafka (kafka), Tansu (tansu), or auto: Apache Kafka where Java runs",
+    )
+    parser.add_argument(
+        "--brokers", type=int, default=1, help="Kafka nodes (3: replication 3, min ISR 2)"
+    )
+    parser.add_argument(
+        "--ownership",
+        choices=OWNERSHIPS,
+        default="redis",
+        help="consumers share partitions by Redis rendezvous (default) or Kafka's groups",
+    )
+
+
+def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
+    nodes = args.gateways or args.servers  # None: the stage's own default (stage.toml)
+    return ClusterSpec(
+        stage=stage,
+        servers=nodes,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        kafka_bootstrap=args.kafka_bootstrap,
+        broker=args.broker,
+        brokers=args.brokers,
+        ownership=args.ownership,
+        secret=args.secret,
+    )

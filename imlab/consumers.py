@@ -13,9 +13,13 @@ partitions among a group's members, each a small subclass of `ConsumerLoop`:
 versions/v3/STEP.md compares the two on real Kafka, with figures.
 
 Records of one partition are handled one after another, in offset order;
-partitions are handled concurrently. Offsets are committed after handling, so
-delivery is at-least-once: a record handled but not yet committed when its
-partition moves is handled again by the new owner (the store deduplicates).
+partitions are handled concurrently. A stage may give a batch handler too: then each
+partition's records of one fetch are handled in one call (one Redis round trip, one
+relay publish per node), retried whole, and handled record by record only when the
+batch as a whole raised something other than a `retry_errors` (to skip the bad one).
+Offsets are committed after handling, so delivery is at-least-once: a record handled
+but not yet committed when its partition moves is handled again by the new owner (the
+store deduplicates).
 A handler raising one of `retry_errors` (a backing service is down) retries the
 same record with backoff, holding the partition's order; any other exception
 means the record itself is bad: it is logged, counted and skipped.
@@ -59,6 +63,7 @@ GROUP_SETTINGS: dict[str, Any] = {
 TICK = 0.5  # how often a consumer re-checks its ownership
 
 RecordHandler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 
 class ConsumerLoop(ABC):
@@ -76,8 +81,10 @@ class ConsumerLoop(ABC):
         *,
         retry_errors: tuple[type[BaseException], ...] = (),
         client_id: str = "imlab-consumer",
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.link = link
+        self.batch_handler = batch_handler
         self.group_id = group_id
         self.pattern = re.compile(pattern)
         self.handler = handler
@@ -189,6 +196,14 @@ class ConsumerLoop(ABC):
         async def partition(
             tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
         ) -> None:
+            if self.batch_handler is not None and len(records) > 1:
+                handled = await self._handle_batch(consumer, tp, records)
+                if handled is None:
+                    return
+                if handled:
+                    self.last_offset[tp] = records[-1].offset
+                    done[tp] = records[-1].offset + 1
+                    return
             for rec in records:
                 if not await self._handle(consumer, tp, rec):
                     return
@@ -204,6 +219,38 @@ class ConsumerLoop(ABC):
                 # The records are handled; uncommitted, the next owner handles them again.
                 self.metrics.inc("kafka_commit_failures")
                 log.info("commit failed: %r", exc)
+
+    async def _handle_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+    ) -> bool | None:
+        """Handle a partition's records in one call: True when done, False when they
+        must go one by one (one is bad), None when the partition is no longer ours."""
+        assert self.batch_handler is not None
+        delay = 0.05
+        while True:
+            try:
+                await self.batch_handler(records)
+            except self.retry_errors as exc:
+                self.metrics.inc("kafka_batch_retries")
+                if delay >= 0.8:
+                    log.warning("batch %s/%d@%d+%d: retrying: %r", tp.topic, tp.partition,
+                                records[0].offset, len(records), exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if self._stopping or tp not in consumer.assignment():
+                    return None
+                continue
+            except Exception as exc:
+                self.metrics.inc("kafka_batches_split")
+                log.info("batch %s/%d@%d: one by one: %r", tp.topic, tp.partition,
+                         records[0].offset, exc)  # fmt: skip
+                return False
+            self.metrics.inc("kafka_records_consumed", len(records))
+            self.metrics.inc("kafka_batches")
+            return True
 
     async def _handle(
         self,
@@ -344,9 +391,14 @@ def make_consumer(
     *,
     retry_errors: tuple[type[BaseException], ...] = (),
     client_id: str,
+    batch_handler: BatchHandler | None = None,
 ) -> ConsumerLoop:
     """The consumer loop for `ownership` (`kafka` or `redis`)."""
-    common: dict[str, Any] = {"retry_errors": retry_errors, "client_id": client_id}
+    common: dict[str, Any] = {
+        "retry_errors": retry_errors,
+        "client_id": client_id,
+        "batch_handler": batch_handler,
+    }
     if ownership == "redis":
         membership = Membership(redis, group_id, client_id)
         return RedisOwnedConsumer(membership, link, group_id, pattern, handler, metrics, **common)

@@ -7,10 +7,11 @@ elsewhere is never undone by a late logout here.
 
 Relay: one Redis pub/sub channel per node, `im:node:<node>`. A sender publishes
 `{"node", "users", "event", "data"}` and the node emits `event` to those users'
-local connections. Redis pub/sub is at-most-once: a publish while the node is
-down, or while its subscription is reconnecting, reaches nobody and is not
-retried; the client finds the gap (a later seq, or `latest` on reconnect) and
-repairs it with `sync`.
+local connections; a batch goes to a node as one publish, `{"node", "batch":
+[{"users", "event", "data"}, ...]}`, emitted in its order. Redis pub/sub is
+at-most-once: a publish while the node is down, or while its subscription is
+reconnecting, reaches nobody and is not retried; the client finds the gap (a later
+seq, or `latest` on reconnect) and repairs it with `sync`.
 """
 
 from __future__ import annotations
@@ -121,6 +122,27 @@ class Relay:
             self.metrics.inc("relay_no_listener", len(receivers) - listening)
         return listening
 
+    async def send_many(
+        self, items: Iterable[tuple[Mapping[str, list[str]], str, dict[str, Any]]]
+    ) -> int:
+        """Like `send` for each (targets, event, data), in order, with one publish per
+        node for all of them; returns how many nodes were listening."""
+        per_node: dict[str, list[dict[str, Any]]] = {}
+        for targets, event, data in items:
+            for node, users in targets.items():
+                per_node.setdefault(node, []).append({"users": users, "event": event, "data": data})
+        if not per_node:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node, batch in per_node.items():
+                pipe.publish(channel(node), json.dumps({"node": node, "batch": batch}))
+            receivers = await pipe.execute()
+        listening = sum(1 for r in receivers if r)
+        self.metrics.inc("relay_published", len(receivers))
+        if listening < len(receivers):
+            self.metrics.inc("relay_no_listener", len(receivers) - listening)
+        return listening
+
     async def _listen(self) -> None:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -146,22 +168,29 @@ class Relay:
     async def _dispatch(self, raw: object) -> None:
         try:
             envelope = json.loads(cast(str | bytes, raw))
-            users = envelope["users"]
-            event = envelope["event"]
-            data = envelope["data"]
-            if not (
-                isinstance(users, list)
-                and all(isinstance(u, str) for u in users)
-                and isinstance(event, str)
-                and isinstance(data, dict)
-            ):
-                raise ValueError("bad envelope shape")
-        except (TypeError, ValueError, KeyError) as exc:
+            batch = envelope.get("batch", [envelope])
+            if not isinstance(batch, list):
+                raise ValueError("bad batch")
+            items = [_item(e) for e in batch]
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             self.metrics.inc("relay_malformed")
             log.warning("relay %s: malformed envelope skipped: %r", self.node, exc)
             return
         self.metrics.inc("relay_received")
-        await self.deliver(users, event, data)
+        for users, event, data in items:
+            await self.deliver(users, event, data)
+
+
+def _item(envelope: Any) -> tuple[list[str], str, dict[str, Any]]:
+    users, event, data = envelope["users"], envelope["event"], envelope["data"]
+    if not (
+        isinstance(users, list)
+        and all(isinstance(u, str) for u in users)
+        and isinstance(event, str)
+        and isinstance(data, dict)
+    ):
+        raise ValueError("bad envelope shape")
+    return users, event, data
 
 
 def _text(value: object) -> str | None:

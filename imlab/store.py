@@ -39,6 +39,38 @@ end
 return {0, seq, member}
 """
 
+# The same append for several messages in one EVAL, in order (so seqs follow the batch's
+# order within each conversation, and a repeat inside the batch finds the first's dedup
+# entry). Per message, ARGV holds: the number of its index keys, the dedup field, the
+# json, the conversation; KEYS: seq, msgs, dedup, then its index keys.
+_APPEND_MANY = """
+local out = {}
+local k = 1
+local a = 1
+while a <= #ARGV do
+  local nidx = tonumber(ARGV[a])
+  local field, payload, conv = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local kseq, kmsgs, kdedup = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local existing = redis.call('HGET', kdedup, field)
+  if existing then
+    local found = redis.call('ZRANGEBYSCORE', kmsgs, existing, existing)
+    out[#out + 1] = {1, tonumber(existing), found[1] or ''}
+  else
+    local seq = redis.call('INCR', kseq)
+    local member = seq .. '|' .. payload
+    redis.call('ZADD', kmsgs, seq, member)
+    redis.call('HSET', kdedup, field, seq)
+    for i = 1, nidx do
+      redis.call('SADD', KEYS[k + 2 + i], conv)
+    end
+    out[#out + 1] = {0, seq, member}
+  end
+  k = k + 3 + nidx
+  a = a + 4
+end
+return out
+"""
+
 
 def message_id(conv: str, sender: str, client_msg_id: str) -> str:
     """Deterministic, so a retried send and its stored original share one id."""
@@ -74,6 +106,7 @@ class MessageStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._append = redis.register_script(_APPEND)
+        self._append_many = redis.register_script(_APPEND_MANY)
 
     async def append(self, msg: Message, index_for: Iterable[str] = ()) -> tuple[Message, bool]:
         """Store `msg` with the next seq of its conversation.
@@ -96,6 +129,29 @@ class MessageStore:
         if not member:  # dedup entry without a stored message: cannot happen via append
             raise RuntimeError(f"history of {conv} is missing seq {res[1]}")
         return _decode_member(member), duplicate
+
+    async def append_many(
+        self, batch: Sequence[tuple[Message, Iterable[str]]]
+    ) -> list[tuple[Message, bool]]:
+        """`append` for each (message, index_for) of `batch`, in order, in one round trip."""
+        if not batch:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = []
+        for msg, index_for in batch:
+            conv = msg.conv
+            data = msg.to_dict()
+            del data["seq"]
+            index = [f"im:convs:{u}" for u in index_for]
+            keys += [f"im:seq:{conv}", f"im:msgs:{conv}", f"im:dedup:{conv}", *index]
+            args += [len(index), f"{msg.sender}|{msg.client_msg_id}", json.dumps(data), conv]
+        res = cast(list[list[Any]], await self._append_many(keys=keys, args=args))
+        out: list[tuple[Message, bool]] = []
+        for (msg, _), (duplicate, seq, member) in zip(batch, res, strict=True):
+            if not member:
+                raise RuntimeError(f"history of {msg.conv} is missing seq {seq}")
+            out.append((_decode_member(member), bool(duplicate)))
+        return out
 
     async def latest_seq(self, conv: str) -> int:
         value = await self.redis.get(f"im:seq:{conv}")

@@ -7,15 +7,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from loadtest.plan import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
+from imlab.experiment.scenarios import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
 from loadtest.runner import LoadOptions, LoadRun, LoadRunError
 
 EPILOG = "scenarios:\n" + "\n".join(f"  {name:<12} {what}" for name, what in SCENARIOS.items())
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from imlab.cli import add_cluster_args
-    from imlab.cluster import STAGES
+    from imlab.cluster import add_cluster_args
+    from imlab.stages import names
 
     p = sub.add_parser(
         "load",
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--stage", required=True, choices=names())
     add_scenario_args(p)
     p.add_argument(
         "--processes", type=int, default=0, help="Locust worker processes (default: one per core)"
@@ -69,8 +69,8 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """Run one load test; exit 0 when it ran (whatever it found), 2 when it could not."""
-    from imlab.cli import spec_from_args
-    from sim.faults import FaultSpecError
+    from imlab.cluster import spec_from_args
+    from imlab.experiment.faults import FaultSpecError
 
     try:
         opts = LoadOptions(

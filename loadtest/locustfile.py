@@ -3,11 +3,9 @@ when the plan has one. Run it through `imlab load`, which writes the plan first.
 
 from __future__ import annotations
 
-import os
-
 import locust.runners
 
-from loadtest.plan import LoadPlan
+from loadtest.protocol import read_plan
 from loadtest.users import ChatUser
 
 __all__ = ["ChatUser"]
@@ -18,7 +16,7 @@ __all__ = ["ChatUser"]
 # replaceable load unit, so the master is told to wait a minute instead of 3 s.
 locust.runners.HEARTBEAT_LIVENESS = 60
 
-if LoadPlan.load(os.environ["IMLAB_LOAD_PLAN"]).shape is not None:
+if read_plan().shape is not None:
     from loadtest.shapes import StepLoadShape
 
     __all__ += ["StepLoadShape"]

@@ -15,43 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imlab import protocol as p
-
-SCENARIOS: dict[str, str] = {
-    "dm": "pairs of users chatting 1:1 (user 2k with 2k+1)",
-    "group": "groups of 8 (by user index), every member talking (the seed's example)",
-    "burst": "every member of a group sends at the same instant, repeatedly",
-    "large-group": "one group of all users (several hundred), everyone talking",
-    "churn": "dm pairs whose users drop off and come back at random",
-}
-GROUP_SCENARIOS = frozenset({"group", "burst", "large-group"})
-DEFAULT_GROUP_SIZE = 8
-_GOLDEN = (math.sqrt(5) - 1) / 2  # spreads phases evenly over a period
-
-
-class PlanError(ValueError):
-    """A plan that cannot run (unknown scenario, too few users, a stage without groups)."""
-
-
-@dataclass
-class ChurnSpec:
-    """Which users drop off and how: online and offline spells are exponential.
-
-    A drop is `silent` with probability `silent_fraction`: the device loses its network
-    without a goodbye, so the server still counts the user online and pushes into the
-    void (the seed's "socket just died"); otherwise the client disconnects cleanly.
-    """
-
-    fraction: float = 0.0  # of the users that churn
-    online_mean: float = 2.0  # seconds
-    offline_mean: float = 1.0
-    silent_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.fraction <= 1.0 or not 0.0 <= self.silent_fraction <= 1.0:
-            raise PlanError("churn fractions must be in [0, 1]")
-        if self.online_mean <= 0 or self.offline_mean <= 0:
-            raise PlanError("churn spells must be positive")
+from imlab.experiment.scenarios import (
+    DEFAULT_GROUP_SIZE,
+    GROUP_SCENARIOS,
+    ChurnClock,
+    ChurnSpec,
+    churners,
+    dm_partner,
+    phase,
+)
 
 
 @dataclass
@@ -131,17 +103,14 @@ class LoadPlan:
             key = sorted(self.groups).index(gid)
         else:
             key = index
-        return ((key * _GOLDEN) % 1.0) / self.rate
+        return phase(key, self.rate)
 
     def schedule(self, index: int, send_start: float) -> Schedule:
         return Schedule(send_start + self.phase(index), 1.0 / self.rate)
 
     def churns(self, index: int) -> bool:
         """Whether user `index` drops off now and then (an exact fraction of users)."""
-        k = round(self.churn.fraction * self.n)
-        order = list(range(self.n))
-        random.Random(f"{self.seed}:churners").shuffle(order)
-        return index in set(order[:k])
+        return index in churners(self.seed, self.n, self.churn.fraction)
 
     def churn_clock(self, index: int) -> ChurnClock:
         return ChurnClock(self.churn, random.Random(f"{self.seed}:churn:{index}"))
@@ -177,63 +146,3 @@ class Schedule:
     def slots_between(self, k: int, end: float) -> int:
         """How many slots from slot `k` on fall before `end`."""
         return max(0, self.slot_at_or_after(end) - k)
-
-
-class ChurnClock:
-    """One user's random online/offline spells, reproducible from the plan's seed."""
-
-    def __init__(self, spec: ChurnSpec, rng: random.Random) -> None:
-        self.spec = spec
-        self.rng = rng
-
-    def online_for(self) -> float:
-        return min(self.rng.expovariate(1.0 / self.spec.online_mean), 5 * self.spec.online_mean)
-
-    def offline_for(self) -> float:
-        spell = self.rng.expovariate(1.0 / self.spec.offline_mean)
-        return min(max(spell, 0.05), 5 * self.spec.offline_mean)
-
-    def silent(self) -> bool:
-        return self.rng.random() < self.spec.silent_fraction
-
-
-# ---------------------------------------------------------------- membership
-
-
-def user_names(n: int, tag: str) -> list[str]:
-    """`u0000-<tag>` ...; the tag keeps runs apart when they share a Redis."""
-    width = max(4, len(str(n - 1)))
-    return [f"u{i:0{width}d}-{tag}" for i in range(n)]
-
-
-def dm_partner(index: int, n: int) -> int:
-    """2k talks to 2k+1; with an odd count the last user talks to user 0."""
-    partner = index ^ 1
-    return partner if partner < n else 0
-
-
-def group_indices(scenario: str, n: int, group_size: int) -> list[list[int]]:
-    """Consecutive users form a group; a lone leftover joins the previous group."""
-    if scenario == "large-group":
-        return [list(range(n))]
-    groups = [list(range(k, min(k + group_size, n))) for k in range(0, n, group_size)]
-    if len(groups) > 1 and len(groups[-1]) == 1:
-        groups[-2] += groups.pop()
-    return groups
-
-
-def check_scenario(
-    scenario: str, n: int, group_size: int, features: set[str] | None = None
-) -> None:
-    """Raise PlanError when the scenario cannot run with these users on this stage."""
-    if scenario not in SCENARIOS:
-        raise PlanError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-    if n < 2:
-        raise PlanError("a load run needs at least 2 users")
-    if scenario in GROUP_SCENARIOS:
-        if features is not None and p.FEATURE_GROUPS not in features:
-            raise PlanError(f"scenario {scenario!r} needs groups, which this stage does not have")
-        if scenario != "large-group" and group_size < 2:
-            raise PlanError("groups need at least 2 members")
-        if scenario == "large-group" and n > p.MAX_GROUP_MEMBERS:
-            raise PlanError(f"a group has at most {p.MAX_GROUP_MEMBERS} members")

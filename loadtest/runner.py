@@ -10,15 +10,10 @@ folder (manifest, histories, Locust CSV/HTML, logs, metrics.json).
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import dataclasses
-import importlib
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,35 +22,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from imlab.chaos import LiveFaults
-from imlab.client import AsyncChatClient, HistoryRecorder
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
+from imlab.experiment.faults import parse_faults
+from imlab.experiment.runfolder import new_run_dir
+from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
+from loadtest import protocol
+from loadtest.locustproc import LOCUSTFILE, REPO_ROOT, LocustProcess
 from loadtest.monitor import (
     CpuSampler,
     generator_verdict,
     process_tree,
-    read_status,
     schedule_lag,
     total_status,
 )
-from loadtest.plan import (
-    ChurnSpec,
-    LoadPlan,
-    PlanError,
-    StepShape,
-    check_scenario,
-    group_indices,
-    user_names,
-)
-from sim.faults import parse_faults
+from loadtest.plan import LoadPlan, StepShape
+from loadtest.prepare import LoadRunError, prepare
+from loadtest.progress import Progress, status_line, verdict_lines
 
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PLAN_ENV = "IMLAB_LOAD_PLAN"
-
-
-class LoadRunError(RuntimeError):
-    """The run could not be carried out (the message says which step failed)."""
+__all__ = ["LoadOptions", "LoadResult", "LoadRun", "LoadRunError", "run_load"]
 
 
 @dataclass
@@ -97,157 +82,7 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- Locust process
-
-
-class LocustProcess:
-    """Locust headless in its own session; stopped with SIGINT (it then writes its
-    CSV and HTML), killed as a group if it does not stop in time."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-        self._stopped = False
-        atexit.register(self.stop, 5.0)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self._stopped:
-            return self.proc.returncode
-        self._stopped = True
-        atexit.unregister(self.stop)
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        # the workers are forked into the master's group: leave none behind
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-# ---------------------------------------------------------------- setup
-
-
-async def _setup(
-    plan: LoadPlan, cluster: Cluster, history: Path, secret: str
-) -> tuple[set[str], dict[str, list[str]]]:
-    """Ask the stage what it can do, then create the planned groups (their first
-    member creates each). Returns the stage's features and {group_id: members}."""
-    recorder = HistoryRecorder(history)
-
-    def client(user: str) -> AsyncChatClient:
-        token = None
-        if plan.stage == "v4":
-            auth = importlib.import_module("imlab.auth")  # v4 tokens
-            token = auth.issue_token(user, secret, ttl=plan.token_ttl)
-        return AsyncChatClient(
-            user, cluster.endpoints, reconnect=False, recorder=recorder, token=token
-        )
-
-    try:
-        probe = client(plan.users[0])
-        await probe.connect()
-        features = set(probe.features)
-        await probe.close()
-        check_scenario(plan.scenario, plan.n, plan.group_size, features)
-        if not plan.uses_groups:
-            return features, {}
-        gate = asyncio.Semaphore(16)
-
-        async def create(members: list[str]) -> tuple[str, list[str]]:
-            async with gate:
-                creator = client(members[0])
-                await creator.connect()
-                try:
-                    ack = await creator.create_group(members[1:], name="load")
-                finally:
-                    await creator.close()
-                if not ack.get("ok"):
-                    raise LoadRunError(f"create_group for {members[0]} failed: {ack}")
-                return str(ack["group_id"]), sorted(ack.get("members") or members)
-
-        plans = [
-            [plan.users[i] for i in idx]
-            for idx in group_indices(plan.scenario, plan.n, plan.group_size)
-        ]
-        created = await asyncio.gather(*(create(m) for m in plans))
-        return features, dict(created)
-    finally:
-        recorder.close()
-
-
 # ---------------------------------------------------------------- the run
-
-
-class _Progress:
-    def __init__(self, out: TextIO, quiet: bool) -> None:
-        self.out = out
-        self.quiet = quiet
-        self.tty = out.isatty()
-        self._last = 0.0
-        self._open_line = False
-
-    def say(self, text: str) -> None:
-        if self.quiet:
-            return
-        self.end_line()
-        print(text, file=self.out, flush=True)
-
-    def tick(self, text: str) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if now - self._last < (1.0 if self.tty else 5.0):
-            return
-        self._last = now
-        if self.tty:
-            print("\r" + text.ljust(110)[:110], end="", file=self.out, flush=True)
-            self._open_line = True
-        else:
-            print(text, file=self.out, flush=True)
-
-    def end_line(self) -> None:
-        if self._open_line:
-            print(file=self.out, flush=True)
-            self._open_line = False
-
-
-def _status_line(phase: str, elapsed: float, total: float, st: dict[str, Any], gen: str) -> str:
-    ev = st.get("events", {})
-    recv = ev.get("recv_push", 0) + ev.get("recv_sync", 0)
-    left = max(0.0, total - elapsed)
-    return (
-        f"[{phase} {elapsed:5.1f}s, {left:4.0f}s left] online {st.get('online', 0)}"
-        f"  sends {ev.get('send', 0):,} (ok {ev.get('ack_ok', 0):,}, err {ev.get('ack_err', 0):,})"
-        f"  recv {recv:,}  lag {st.get('lag_max_s', 0.0) * 1000:.0f}ms  gen {gen}"
-    )
 
 
 def build_plan(opts: LoadOptions, endpoints: list[str], run_dir: Path, churn: float) -> LoadPlan:
@@ -282,13 +117,12 @@ class LoadRun:
     happens, and judges the run only when all steps went through."""
 
     def __init__(self, opts: LoadOptions, out: TextIO) -> None:
-        from imlab.cli import new_run_dir
 
         if opts.rate <= 0 or opts.duration <= 0:
             raise PlanError("rate and duration must be positive")
         check_scenario(opts.scenario, opts.users, opts.group_size)
         self.opts = opts
-        self.say = _Progress(out, opts.quiet)
+        self.say = Progress(out, opts.quiet)
         self.faults = parse_faults(opts.faults)
         churn = opts.churn
         if churn is None:
@@ -308,6 +142,7 @@ class LoadRun:
         self.spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
         self.cluster = Cluster(self.spec, self.run_dir)
         self.plan: LoadPlan | None = None
+        self.plan_env: dict[str, str] = {}
         self.features: set[str] = set()
         self.locust: LocustProcess | None = None
         self.locust_code: int | None = None
@@ -340,10 +175,10 @@ class LoadRun:
         plan = build_plan(self.opts, self.cluster.endpoints, self.run_dir, self.churn)
         history = self.run_dir / "history-setup.jsonl"
         self.features, plan.groups = asyncio.run(
-            _setup(plan, self.cluster, history, self.spec.secret)
+            prepare(plan, self.cluster, history, self.spec.secret)
         )
         plan.user_group = {u: gid for gid, members in plan.groups.items() for u in members}
-        plan.save(self.loadgen / "plan.json")
+        self.plan_env = protocol.write_plan(self.loadgen, plan)
         self.plan = plan
         self.times["setup_done"] = time.time()
         if plan.groups:
@@ -354,7 +189,7 @@ class LoadRun:
         assert self.plan is not None
         opts = self.opts
         env = dict(os.environ)
-        env[PLAN_ENV] = str((self.loadgen / "plan.json").resolve())
+        env.update(self.plan_env)
         env["IMLAB_SECRET"] = self.spec.secret
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
@@ -417,7 +252,7 @@ class LoadRun:
         while time.time() < self.send_end:
             st = self._snapshot()
             elapsed = max(0.0, time.time() - self.send_start)
-            self.say.tick(_status_line("send", elapsed, total, st, self._gen_cpu()))
+            self.say.tick(status_line("send", elapsed, total, st, self._gen_cpu()))
             time.sleep(0.2)
         self.say.end_line()
 
@@ -439,7 +274,7 @@ class LoadRun:
             elif now - stable_since >= opts.settle:
                 break
             elapsed = now - self.send_end
-            self.say.tick(_status_line("drain", elapsed, opts.max_drain, st, self._gen_cpu()))
+            self.say.tick(status_line("drain", elapsed, opts.max_drain, st, self._gen_cpu()))
             time.sleep(0.25)
         else:
             self.warnings.append(
@@ -480,14 +315,14 @@ class LoadRun:
         from reports.checker import check, summary_table
 
         assert self.plan is not None and self.sampler is not None
-        self.status = total_status(read_status(self.loadgen))
+        self.status = total_status(protocol.read_status(self.loadgen))
         lag = schedule_lag(sorted(self.run_dir.glob("history*.jsonl")))
         cpu = self.sampler.summary(self.send_start, self.send_end)
         verdict = generator_verdict(cpu, lag, self.status, planned=self.opts.users)
         manifest = self._manifest(cpu, lag, verdict)
         (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
         metrics = check(self.run_dir)
-        text = summary_table(metrics) + "\n" + _verdict_lines(verdict, lag, cpu, self.warnings)
+        text = summary_table(metrics) + "\n" + verdict_lines(verdict, lag, cpu, self.warnings)
         self.say.say(text)
         self.say.say(f"run folder: {self.run_dir}")
         return LoadResult(self.run_dir, manifest, metrics, verdict, text, self.warnings)
@@ -564,14 +399,13 @@ class LoadRun:
         return shape.ramp_seconds(self.opts.users) if shape else 0.0
 
     def _control(self, *, final: bool) -> None:
-        control = {"send_start": self.send_start, "send_end": self.send_end, "final": final}
-        tmp = self.loadgen / ".control.tmp"
-        tmp.write_text(json.dumps(control))
-        tmp.replace(self.loadgen / "control.json")
+        protocol.write_control(
+            self.loadgen, protocol.Control(self.send_start, self.send_end, final)
+        )
 
     def _snapshot(self) -> dict[str, Any]:
         """The Locust processes' summed status; raises if Locust has died."""
-        self.status = total_status(read_status(self.loadgen))
+        self.status = total_status(protocol.read_status(self.loadgen))
         if self.locust is not None and not self.locust.running():
             raise LoadRunError(
                 f"Locust exited early (code {self.locust.proc.returncode}); "
@@ -584,27 +418,3 @@ class LoadRun:
             return "-"
         last = self.sampler.samples[-1].groups.get("load_generator", {})
         return f"{max(last.values(), default=0.0):.0f}%/proc"
-
-
-def _verdict_lines(
-    verdict: dict[str, Any], lag: dict[str, Any], cpu: dict[str, Any], warnings: list[str]
-) -> str:
-    gen = cpu.get("load_generator") or {}
-    stage = cpu.get("stage") or {}
-    lines = [
-        f"schedule lag ms      p50 {lag.get('p50_ms', '-')}  p99 {lag.get('p99_ms', '-')}"
-        f"  max {lag.get('max_ms', '-')}  (late >100ms: {lag.get('late_fraction', 0):.1%})",
-        f"cpu % of a core      generator {gen.get('total_pct_mean', '-')} "
-        f"(busiest process {gen.get('busiest_process_pct_mean', '-')})"
-        f"  stage {stage.get('total_pct_mean', '-')}"
-        f"  other processes {cpu.get('other_processes_pct_mean', '-')}",
-        "load generator       "
-        + (
-            "LIMIT: " + "; ".join(verdict["reasons"])
-            if verdict["generator_limited"]
-            else "not the limit"
-        ),
-    ]
-    lines += [f"note                 {n}" for n in verdict["notes"]]
-    lines += [f"warning              {w}" for w in warnings]
-    return "\n".join(lines)

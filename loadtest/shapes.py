@@ -7,11 +7,9 @@ class it finds in the locustfile).
 
 from __future__ import annotations
 
-import os
-
 from locust import LoadTestShape
 
-from loadtest.plan import LoadPlan
+from loadtest.protocol import read_plan
 
 
 class StepLoadShape(LoadTestShape):
@@ -20,7 +18,7 @@ class StepLoadShape(LoadTestShape):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.plan = LoadPlan.load(os.environ["IMLAB_LOAD_PLAN"])
+        self.plan = read_plan()
 
     def tick(self) -> tuple[int, float]:
         shape = self.plan.shape

@@ -13,37 +13,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
-MANIFEST = "manifest.json"
-HISTORY_GLOB = "history*.jsonl"
-METRICS = "metrics.json"
+from imlab.experiment.history import Event
+from imlab.experiment.runfolder import HISTORY_GLOB, MANIFEST, METRICS, history_files, load_manifest
+
+__all__ = ["HISTORY_GLOB", "MANIFEST", "METRICS", "Event", "Run", "history_files",
+           "load_manifest", "load_run", "read_history"]  # fmt: skip
 
 # Lines are parsed in batches as one JSON array, which is about twice as fast as
 # json.loads per line; a batch that fails falls back to line by line.
 _BATCH = 20_000
-
-
-class Event(TypedDict, total=False):
-    """One history record. Only `t` and `ev` are always present."""
-
-    t: float
-    ev: str
-    user: str
-    conv: str
-    msg: str
-    seq: int | None
-    ok: bool
-    err: str | None
-    via: str
-    sender: str
-    node: str
-    intended: float
-    members: list[str]
-    kind: str
-    target: str
-    start: float
-    end: float | None
 
 
 @dataclass
@@ -55,22 +35,6 @@ class Run:
     events: list[Event]
     files: list[str] = field(default_factory=list)
     malformed_lines: int = 0
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest, or an empty dict when the folder has none."""
-    path = Path(run_dir) / MANIFEST
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: manifest must be a JSON object")
-    return cast(dict[str, Any], data)
-
-
-def history_files(run_dir: Path) -> list[Path]:
-    """The run's history files, in name order (the order ties in `t` are kept in)."""
-    return sorted(Path(run_dir).glob(HISTORY_GLOB))
 
 
 def _valid(obj: object) -> bool:

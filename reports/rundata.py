@@ -64,7 +64,9 @@ class RunData:
 
     @property
     def faults(self) -> list[dict[str, Any]]:
-        return list(self.metrics.get("faults") or [])
+        """The fault windows; none where the faults check crashed (its section is a dict)."""
+        faults = self.metrics.get("faults")
+        return [f for f in faults if isinstance(f, dict)] if isinstance(faults, list) else []
 
     @property
     def fault_label(self) -> str:
@@ -184,9 +186,11 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[RunData], list[Path]]:
         seen.add(rid)
         metrics = load_metrics(path)
         run = RunData(rid, path, load_manifest(path), metrics)
-        sample = push_latencies_ms(path)
-        if sample.size and sample.size == metrics["latency_ms"]["push"]["count"]:
-            run.latencies_ms = sample
+        count = number(metrics, "latency_ms.push.count")  # None: the latency check crashed
+        if count:
+            sample = push_latencies_ms(path)
+            if sample.size == count:
+                run.latencies_ms = sample
         runs.append(run)
     runs.sort(key=lambda r: r.sort_key)
     return runs, skipped

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from imlab import stages
+from imlab.experiment.faults import parse_faults
 from reports.history import HISTORY_GLOB, load_manifest
-from sim.faults import parse_faults
 from sim.params import DEFAULTS, Dist, Params
 
 __all__ = ["CalibrationError", "RunFacts", "calibrate", "read_run"]
@@ -260,7 +261,9 @@ def calibrate(
         "runs": [str(r.path) for r in runs],
         "node_costs": how,
     }
-    v2 = [r for r in runs if r.stage == "v2" and r.infra_cpu_s]
+    # Redis's cost per command is read off stages whose only service is Redis (v2):
+    # there every Redis command is the server's.
+    v2 = [r for r in runs if stages.stage(r.stage).needs == {"redis"} and r.infra_cpu_s]
     if v2:
         op, how_redis = _fit_redis(v2)
         changes["redis_op"] = Dist(op, base.redis_op.cv)

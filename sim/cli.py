@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from imlab.experiment.faults import FaultSpecError
+from imlab.experiment.scenarios import SCENARIOS, PlanError
 from loadtest.cli import add_scenario_args
-from loadtest.plan import SCENARIOS, PlanError
-from sim.faults import FaultSpecError
-from sim.run import MODELS, TRACE_EVENTS, SimOptions, run_sim
+from sim.run import TRACE_EVENTS, SimOptions, models, run_sim
 
 EPILOG = (
     "scenarios (as for `imlab load`):\n"
@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stage", required=True, choices=MODELS)
+    p.add_argument("--stage", required=True, choices=models())
     add_scenario_args(p)
     p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
-    p.add_argument("--workers", type=int, default=2, help="v4 workers (default 2)")
+    p.add_argument("--workers", type=int, default=None, help="v4 workers (default 2)")
     p.add_argument(
         "--broker",
         choices=("kafka", "tansu"),
@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "allows), all, or a number",
     )
     p.add_argument("--trace-events", type=int, default=TRACE_EVENTS, help="auto's budget")
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="F",
+        help="simulate a random fraction F of the conversations message by message and the "
+        "rest of the population as aggregate load on every server (large populations)",
+    )
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
     p.add_argument("--no-check", action="store_true", help="skip the checker")
     p.set_defaults(func=cmd_sim)
@@ -95,6 +103,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             params=args.params,
             trace=args.trace,
             trace_events=args.trace_events,
+            sample=args.sample,
             max_drain=args.max_drain,
             spawn_rate=args.spawn_rate,
             run_dir=Path(args.run_dir) if args.run_dir else None,

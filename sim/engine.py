@@ -5,7 +5,7 @@ FIFO server computed by the Lindley recursion: a job's finish time is known when
 it arrives, so a visit costs one arithmetic step instead of a SimPy Resource
 request. Fault windows are known in advance (they come from the fault spec), so
 pauses (SIGSTOP: work waits) and down windows (SIGKILL: work is refused or lost)
-are applied analytically. It is checked against `sim.core.Station` and queueing
+are applied analytically. It is checked against `tests.sim_oracles.Station` and queueing
 theory in the tests. `Sampler` draws from a distribution in numpy blocks, and
 `LogHistogram` keeps a latency distribution in constant memory.
 """

@@ -19,7 +19,8 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from imlab.cluster import machine_info, package_versions
-from sim.faults import Fault
+from imlab.experiment import history as H
+from imlab.experiment.faults import Fault
 
 __all__ = [
     "SIM_EPOCH",
@@ -112,7 +113,7 @@ class History:
         **extra: Any,
     ) -> None:
         """A client sent a message; `intended` is when its schedule meant it to go."""
-        rec: Record = {"t": self.epoch(t), "ev": "send", "user": user, "conv": conv, "msg": msg}
+        rec: Record = {"t": self.epoch(t), "ev": H.SEND, "user": user, "conv": conv, "msg": msg}
         rec["intended"] = rec["t"] if intended is None else self.epoch(intended)
         self._write(rec, node=node, **extra)
 
@@ -129,7 +130,7 @@ class History:
         node: str | None = None,
         **extra: Any,
     ) -> None:
-        rec: Record = {"t": self.epoch(t), "ev": "ack", "user": user, "conv": conv, "msg": msg}
+        rec: Record = {"t": self.epoch(t), "ev": H.ACK, "user": user, "conv": conv, "msg": msg}
         rec["seq"] = seq
         rec["ok"] = ok
         rec["err"] = err
@@ -149,7 +150,7 @@ class History:
         **extra: Any,
     ) -> None:
         """A client handed a message to its application; `via` is `push` or `sync`."""
-        rec: Record = {"t": self.epoch(t), "ev": "recv", "user": user, "conv": conv, "msg": msg}
+        rec: Record = {"t": self.epoch(t), "ev": H.RECV, "user": user, "conv": conv, "msg": msg}
         self._write(rec, seq=seq, via=via, sender=sender, node=node, **extra)
 
     def connect(
@@ -162,11 +163,11 @@ class History:
         node: str | None = None,
         **extra: Any,
     ) -> None:
-        rec: Record = {"t": self.epoch(t), "ev": "connect", "user": user}
+        rec: Record = {"t": self.epoch(t), "ev": H.CONNECT, "user": user}
         self._write(rec, ok=ok, err=err, node=node, **extra)
 
     def disconnect(self, t: float, user: str, *, node: str | None = None, **extra: Any) -> None:
-        rec: Record = {"t": self.epoch(t), "ev": "disconnect", "user": user}
+        rec: Record = {"t": self.epoch(t), "ev": H.DISCONNECT, "user": user}
         self._write(rec, node=node, **extra)
 
     def sync(
@@ -185,7 +186,7 @@ class History:
     ) -> None:
         """A sync page arrived: `n` messages after `after_seq`, the latest being `latest_seq`
         (the keys `imlab.client` records)."""
-        rec: Record = {"t": self.epoch(t), "ev": "sync", "user": user, "conv": conv}
+        rec: Record = {"t": self.epoch(t), "ev": H.SYNC, "user": user, "conv": conv}
         rec.update(after_seq=after_seq, n=n, latest_seq=latest_seq)
         self._write(rec, ok=ok, err=err, node=node, **extra)
 
@@ -193,13 +194,13 @@ class History:
         self, t: float, user: str, group_id: str, members: Iterable[str], **extra: Any
     ) -> None:
         """`user` created group `group_id` with these members."""
-        rec: Record = {"t": self.epoch(t), "ev": "group", "user": user}
+        rec: Record = {"t": self.epoch(t), "ev": H.GROUP, "user": user}
         rec.update(conv=f"group:{group_id}", members=list(members))
         self._write(rec, **extra)
 
     def fault(self, kind: str, target: str, start: float, end: float | None, **extra: Any) -> None:
         """A fault window, recorded at its start; `end` None while it has no end."""
-        rec: Record = {"t": self.epoch(start), "ev": "fault", "kind": kind, "target": target}
+        rec: Record = {"t": self.epoch(start), "ev": H.FAULT, "kind": kind, "target": target}
         rec.update(start=rec["t"], end=None if end is None else self.epoch(end))
         self._write(rec, **extra)
 

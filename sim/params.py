@@ -93,6 +93,10 @@ class Params:
     """Apache Kafka keeps its log across a restart; Tansu (memory only) does not, and
     only then do the stale-ack window and the topic re-creation (`kafka_reset`) apply"""
     kafka_brokers: int = 1
+    kafka_restart: float = 5.5
+    """a stopped Apache Kafka node answers again this long after its window ends (a JVM
+    start on the 2 loaded cores): broker-down:3s windows lasted 8.3-9.4 s in `imlab
+    compare` and the live-fault tests, 2026-12-01 (Tansu restarts in milliseconds)"""
     kafka_failover: float = 2.0
     """with three brokers, one stopped or killed broker's partitions are unavailable this
     long (leader election and the clients' metadata refresh), and nothing is lost"""
@@ -106,7 +110,7 @@ class Params:
     loadgen_processes: int = 0
     loadgen_event: Dist = Dist(0.000165, 0.5)
     """CPU of one Locust process per client event (a send and its ack, or a receipt)"""
-    # The client SDK and the load tool's user (imlab/client.py, loadtest/users.py).
+    # The client SDK and the load tool's user (imlab/client/, loadtest/users.py).
     call_timeout: float = 10.0
     gap_sync_delay: float = 0.5
     reconnect_min: float = 0.2

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import partial
 
-from sim.kafka import Consumer
-from sim.stage import Msg, Node, StageModel, Steps, User
+from sim.client import User
+from sim.consumers import ConsumerLoop
+from sim.kafka_group import Consumer
+from sim.server import Msg, Node, Steps
+from sim.stage import StageModel
 
 
 class RoutingModel(StageModel):
@@ -24,7 +27,6 @@ class RoutingModel(StageModel):
     uses_kafka = True
 
     def setup(self) -> None:
-        self.routes: dict[int, Node] = {}
         self.kafka_resets: list[tuple[float, float]] = []
         self.kafka_rejoins: list[tuple[float, float]] = []
         broker, group = self.broker, self.group
@@ -49,7 +51,7 @@ class RoutingModel(StageModel):
             group.join(node.consumer)
         group.subscribe_all(topics)
         for node in self.consumer_nodes():
-            self.env.process(self.consumer_loop(node, self.process))
+            self.env.process(ConsumerLoop(self, node, self.process).run())
 
     dm_topic = "im.dm"
     dm_partitions = 8
@@ -72,13 +74,13 @@ class RoutingModel(StageModel):
                 return end
         return now
 
-    def _apply_faults(self) -> None:
-        super()._apply_faults()
+    def apply_faults(self) -> None:
+        super().apply_faults()
         p, base = self.p, self.send_start
         self.kafka_resets = []
         self.kafka_rejoins = []
         for b in self.faults.broker_downs:
-            back = base + b.start + self.broker_outage(b)
+            back = base + b.start + self.chaos.broker_outage(b)
             if not p.kafka_durable:  # the link finds its topics gone and re-creates them
                 self.kafka_resets.append(
                     (back + p.kafka_stale_window, back + p.kafka_stale_window + p.kafka_reset)
@@ -102,20 +104,20 @@ class RoutingModel(StageModel):
 
     def login(self, node: Node, user: User) -> Steps:
         def record() -> None:
-            self.routes[user.idx] = node
+            self.store.routes[user.idx] = node
 
         yield from self.redis_call(node, record)
 
     def logout(self, node: Node, user: User) -> Steps:
         def clear_if_mine() -> None:
-            if self.routes.get(user.idx) is node:
-                del self.routes[user.idx]
+            if self.store.routes.get(user.idx) is node:
+                del self.store.routes[user.idx]
 
         yield from self.redis_call(node, clear_if_mine)
 
     def lookup(self, node: Node, members: Iterable[int]) -> Steps:
         """Each member's node as Redis has it now (MGET of the routes, or v3's group record)."""
-        routes = self.routes
+        routes = self.store.routes
         found = yield from self.redis_call(node, lambda: [(m, routes.get(m)) for m in members])
         return found
 
@@ -139,7 +141,7 @@ class RoutingModel(StageModel):
         """`Relay.send`: one PUBLISH per node, in one pipeline."""
 
         def publish() -> None:
-            arrive = self.redis_done + self.redis_link
+            arrive = self.store.done + self.store.link
             self.at(arrive, partial(self._relayed, targets, msg))
 
         yield from self.redis_call(node, publish, ops=len(targets))

@@ -10,13 +10,14 @@ through the model, but only the conversations in the trace (all of them when the
 run is small) are written to the history, complete (every member's sends, acks,
 receipts, syncs, connects). The checker's figures in metrics.json are therefore
 exact for the traced conversations; `metrics.json["sim"]["population"]` holds the
-model's exact counts for all users (sends, acks by error, deliveries by push and
-sync, lost) and population latency percentiles from a 1%-wide histogram.
+model's exact counts for all users (`sim.population`: sends, acks by error, deliveries
+by push and sync, lost) and population latency percentiles from a 1%-wide histogram.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import random
 import resource
@@ -26,39 +27,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
-from sim.faults import FaultPlan, parse_faults
+from imlab import stages
+from imlab.experiment.faults import FaultPlan, parse_faults
+from imlab.experiment.runfolder import new_run_dir
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import Params, load_params
+from sim.population import SAMPLED_NOTE, population_figures, population_table
+from sim.sample import load_population, sample_scenario
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
-from sim.stage import OK, StageModel
+from sim.stage import StageModel
 
-__all__ = ["MODELS", "SimOptions", "SimResult", "model_class", "run_sim", "trace_plan"]
+__all__ = ["SimOptions", "SimResult", "model_class", "models", "run_sim", "trace_plan"]
 
-MODELS = ("v1", "v2", "v3", "v4")
 TRACE_EVENTS = 1_500_000
 """Default budget of history events: about 15 s of checker time (it reads ~120k events/s)."""
 
 
 def model_class(stage: str) -> type[StageModel]:
-    if stage == "v1":
-        from sim.v1 import V1
+    """The stage's model, as its stage.toml names it (`module:Class`)."""
+    info = stages.stage(stage)
+    if not info.model:
+        raise ValueError(f"stage {stage} has no simulation model")
+    module, _, name = info.model.partition(":")
+    cls: type[StageModel] = getattr(importlib.import_module(module), name)
+    return cls
 
-        return V1
-    if stage == "v2":
-        from sim.v2 import V2
 
-        return V2
-    if stage == "v3":
-        from sim.v3 import V3
-
-        return V3
-    if stage == "v4":
-        from sim.v4 import V4
-
-        return V4
-    raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(MODELS)}")
+def models() -> tuple[str, ...]:
+    """The stages that have a model."""
+    return tuple(name for name, info in stages.registry().items() if info.model)
 
 
 @dataclass
@@ -77,13 +74,14 @@ class SimOptions:
     churn_silent: float = 0.5
     faults: str = ""
     seed: int = 1
-    servers: int | None = None  # v3 servers (default 3)
-    gateways: int | None = None  # v4 gateways (default 2)
-    workers: int = 2  # v4 workers
+    servers: int | None = None  # client-facing processes (default: the stage's, stage.toml)
+    gateways: int | None = None  # the same, by v4's name for them
+    workers: int | None = None  # the processes behind them (v4 workers)
     broker: str = "kafka"  # the broker modelled: kafka (durable) or tansu (memory only)
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
     params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
     trace: str = "auto"  # auto | all | number of conversations
+    sample: float | None = None  # simulate this fraction of conversations; the rest in aggregate
     trace_events: int = TRACE_EVENTS
     max_drain: float = 30.0
     settle: float = 1.5
@@ -104,11 +102,10 @@ class SimResult:
 
 def node_counts(opts: SimOptions) -> tuple[int, int]:
     """(client-facing nodes, workers) as `imlab load` would start them."""
-    if opts.stage == "v3":
-        return opts.servers or 3, 0
-    if opts.stage == "v4":
-        return opts.gateways or opts.servers or 2, opts.workers
-    return 1, 0
+    info = stages.stage(opts.stage)
+    front = (opts.gateways or opts.servers or info.front.count) if info.front.scalable else 1
+    back = 0 if info.back is None else (opts.workers or info.back.count)
+    return front, back
 
 
 def trace_plan(sc: SimScenario, spec: str, budget: int, seed: int) -> list[int]:
@@ -156,8 +153,9 @@ class _Progress:
         self._last = wall
         c = model.counts.c
         now = model.env.now
+        end = f"{model.send_end:.0f}s+drain" if model.send_end < float("inf") else "(connecting)"
         line = (
-            f"[sim {now:7.1f}s of {model.send_end:.0f}s+drain | wall {wall:6.1f}s | "
+            f"[sim {now:7.1f}s of {end} | wall {wall:6.1f}s | "
             f"x{now / wall if wall else 0:5.1f} real time] sends {c.get('sends', 0):,} "
             f"ok {c.get('acked_ok', 0):,} err {c.get('acked_error', 0):,} "
             f"recv {c.get('deliveries_push', 0) + c.get('deliveries_sync', 0):,} "
@@ -196,6 +194,12 @@ def build_model(
         seed=opts.seed,
         features=set(cls.features),
     )
+    population = sc.users
+    spawn_rate = opts.spawn_rate or max(10.0, sc.users / 2.0)
+    scale = 1.0
+    if opts.sample is not None:
+        sc, scale = sample_scenario(sc, opts.sample, opts.seed)
+        spawn_rate /= scale  # the sample connects over the same seconds as everybody
     if params.loadgen_processes > 0:
         traced = list(range(len(sc.convs)))  # a reproduced real run: everybody is traced
     else:
@@ -215,14 +219,31 @@ def build_model(
         seed=opts.seed,
         max_drain=opts.max_drain,
         settle=opts.settle,
-        spawn_rate=opts.spawn_rate,
+        spawn_rate=spawn_rate if opts.sample is not None else opts.spawn_rate,
     )
+    if opts.sample is not None:
+        model.population = population
+        model.scale = scale
+        loaded = load_population(
+            [n.cpu for n in (*model.nodes, *model.workers)] + [model.store.redis],
+            scale,
+            1.0 / (sc.users * sc.rate),
+            opts.seed,
+        )
+        for node, server in zip((*model.nodes, *model.workers), loaded, strict=False):
+            node.cpu = server
+        model.store.redis = loaded[-1]
+        consumers = [n.consumer for n in (*model.nodes, *model.workers) if n.consumer is not None]
+        parts = sum(len(c.assignment) for c in consumers)
+        for consumer in consumers:  # one record a send, over the group's partitions
+            share = len(consumer.assignment) / parts if parts else 0.0
+            consumer.background_rate = (scale - 1.0) * sc.users * sc.rate * share
+            consumer.background_commit = 2 * params.kafka_link.mean
     return model, sc, traced
 
 
 def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     """Carry out one simulated run and judge it (PlanError/ValueError when it cannot run)."""
-    from imlab.cli import new_run_dir
     from reports.checker import check, summary_table
 
     out = out or sys.stdout
@@ -241,11 +262,25 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         writer.history.close()
         raise
     traced_users = sorted({u for c in traced for u in sc.convs[c].members})
+    sampled = (
+        f"; sampling {len(model.users):,} users ({len(sc.convs):,} conversations), the "
+        f"other {model.population - len(model.users):,} as aggregate load (x{model.scale:.4g})"
+        if opts.sample is not None
+        else ""
+    )
+    broker = (
+        f"{opts.broker} ({'durable' if opts.broker != 'tansu' else 'memory only'}, "
+        f"{opts.brokers} node{'s' if opts.brokers > 1 else ''})"
+        if model.uses_kafka
+        else "none"
+    )
     say.say(
         f"simulating {opts.stage} / {opts.scenario}: {opts.users:,} users × {opts.rate:g}/s "
         f"for {opts.duration:g}s, {len(model.nodes)} node(s), {len(model.workers)} worker(s), "
-        f"faults {plan.spec() or 'none'}; tracing {len(traced):,} of {len(sc.convs):,} "
-        f"conversations ({len(traced_users):,} users) into {run_dir}"
+        f"faults {plan.spec() or 'none'}{sampled}; tracing {len(traced):,} of "
+        f"{len(sc.convs):,} conversations ({len(traced_users):,} users) into {run_dir}\n"
+        f"parameters: {opts.params or 'built-in defaults (sim.params.DEFAULTS)'}; "
+        f"broker modelled: {broker}"
     )
     began = time.perf_counter()
     cpu_began = time.process_time()
@@ -255,7 +290,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     events = next(model.env._eid)  # SimPy's count of scheduled events (its event ids)
     drain_end = model.drain_end or model.env.now
     population = population_figures(model)
-    offered = sc.offered_sends_per_s()
+    offered = sc.rate * model.population
     params_out: dict[str, Any] = {
         "users": opts.users,
         "rate": opts.rate,
@@ -282,7 +317,19 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     sim_info: dict[str, Any] = {
         "model": f"sim.{opts.stage}",
         "params_file": opts.params,
+        "params_from": opts.params or "built-in defaults (sim.params.DEFAULTS)",
         "params": params.to_dict(),
+        "broker_modelled": broker,
+        "sample": None
+        if opts.sample is None
+        else {
+            "fraction": opts.sample,
+            "users": len(model.users),
+            "of_users": model.population,
+            "conversations": len(sc.convs),
+            "scale": round(model.scale, 6),
+            "how": "sim.sample: sampled conversations end to end, the rest as aggregate load",
+        },
         "trace": {
             "spec": opts.trace,
             "conversations": len(traced),
@@ -297,6 +344,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "cpu_seconds": round(sim_cpu, 3),
         "simpy_events": events,
         "events_per_s": round(events / sim_wall) if sim_wall else None,
+        "times_real_time": round(drain_end / sim_wall, 3) if sim_wall else None,
         "messages": len(model.ledger),
         "history_events": writer.history.recorder.count
         if isinstance(writer.history.recorder, JsonlRecorder)
@@ -345,132 +393,3 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     text = "\n".join(lines)
     say.say(text + f"\nrun folder: {run_dir}")
     return SimResult(run_dir, manifest, metrics, text)
-
-
-SAMPLED_NOTE = (
-    "Everything the checker computed (sends, deliveries, latency_ms, ordering, throughput, "
-    "series, anomalies, summary) covers the traced conversations only (sim.trace); it is "
-    "exact for them. sim.population covers every user: counts are exact, latency "
-    "percentiles come from 1%-wide histogram buckets, and its push/sync counts and "
-    "latencies take every receipt by an expected recipient, while the checker's leave "
-    "out messages that were never acked ok (population `delivered` and `lost` do "
-    "follow the checker's definitions)."
-)
-
-
-def population_figures(model: StageModel) -> dict[str, Any]:
-    """The model's own exact counts over every user (not only the traced ones)."""
-    led = model.ledger
-    c = model.counts
-    status = np.frombuffer(bytes(led.status), dtype=np.uint8)
-    expected = np.frombuffer(led.expected, dtype=np.uint16).astype(np.int64)
-    got = np.frombuffer(led.got, dtype=np.uint16).astype(np.int64)
-    ok = status == OK
-    missing = np.clip(expected - got, 0, None)
-    lost = int(missing[ok].sum())
-    n_ok = int(ok.sum())
-    exp_ok = int(expected[ok].sum())
-    delivered_ok = int(np.minimum(got, expected)[ok].sum())
-    window = model.send_end - model.send_start
-    return {
-        "users": len(model.users),
-        "sends": {
-            "attempted": len(led),
-            "acked_ok": n_ok,
-            "acked_error": int((status == 2).sum()),
-            "acked_error_by_code": dict(sorted(c.errors.items())),
-            "never_acked": int((status == 0).sum()),
-            "skipped_offline": c.c.get("skipped_offline", 0),
-        },
-        "deliveries": {
-            "expected": exp_ok,
-            "delivered": delivered_ok,
-            "push": c.c.get("deliveries_push", 0),
-            "sync": c.c.get("deliveries_sync", 0),
-            "lost": lost,
-            "lost_messages": int((missing[ok] > 0).sum()),
-            "delivered_unacked": int(got[~ok].sum()),
-            "acked_never_pushed": int(
-                (ok & (np.frombuffer(bytes(led.pushed), dtype=np.uint8) == 0)).sum()
-            ),
-            "self_receipts": c.c.get("self_receipts", 0),
-            "pushes_into_dead_connections": c.c.get("pushes_into_dead_connections", 0),
-        },
-        "latency_ms": {
-            "push": c.push_latency.summary_ms(),
-            "sync_recovery": c.sync_latency.summary_ms(),
-            "ack": c.ack_latency.summary_ms(),
-        },
-        "throughput": {
-            "accepted_sends_per_s": round(n_ok / window, 3) if window else None,
-            "deliveries_per_s": round(
-                (c.c.get("deliveries_push", 0) + c.c.get("deliveries_sync", 0)) / window, 3
-            )
-            if window
-            else None,
-        },
-        "clients": {
-            k: c.c.get(k, 0)
-            for k in (
-                "connects",
-                "connect_failed",
-                "drops",
-                "silent_drops",
-                "returns",
-                "syncs",
-                "final_synced",
-                "inbox_duplicates",
-                "crashes",
-                "record_retries",
-                "route_errors",
-                "redis_pool_exhausted",
-                "relay_no_listener",
-                "kafka_duplicates",
-            )
-        },
-        "servers": {
-            n.name: {
-                "jobs": n.cpu.jobs,
-                "utilisation": round(n.cpu.busy / max(model.env.now, 1e-9), 4),
-            }
-            for n in (*model.nodes, *model.workers, *model.loadgens_as_nodes())
-        }
-        | {
-            "redis": {
-                "jobs": model.redis.jobs,
-                "utilisation": round(model.redis.busy / max(model.env.now, 1e-9), 4),
-            }
-        },
-        "kafka": model.kafka_figures(),
-        "series": {"t0_offset_s": 0, **{k: v for k, v in c.series.items()}},
-    }
-
-
-def population_table(pop: dict[str, Any]) -> str:
-    s, d, lat = pop["sends"], pop["deliveries"], pop["latency_ms"]["push"]
-
-    def f(v: Any) -> str:
-        return "-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.3g}")
-
-    rows = [
-        ("population users", f(pop["users"])),
-        (
-            "population sends",
-            f"{f(s['attempted'])} attempted, {f(s['acked_ok'])} ok, "
-            f"{f(s['acked_error'])} error {s['acked_error_by_code'] or ''}, "
-            f"{f(s['never_acked'])} never acked",
-        ),
-        (
-            "population deliveries",
-            f"{f(d['delivered'])} of {f(d['expected'])} expected "
-            f"(push {f(d['push'])}, sync {f(d['sync'])}), "
-            f"lost {f(d['lost'])}",
-        ),
-        (
-            "population push ms",
-            f"p50 {f(lat['p50'])}  p99 {f(lat['p99'])}  "
-            f"p99.9 {f(lat['p99_9'])}  max {f(lat['max'])}",
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,20 +1,18 @@
 """The load scenarios of `imlab load`, laid out for the simulator: the same users, groups,
 send schedules and churn as `loadtest.plan` makes for a real run with the same options.
 
-User names, dm pairs, group membership, the scenario checks and the churn clocks are
-imported from `loadtest.plan` (pure code). Two of its per-user methods are mirrored
-here instead, because they cost O(users) per call: `LoadPlan.phase` for `burst`
-(the rank of a group id in sorted order) and `LoadPlan.churns` (a shuffle of all
-users). The mirrors compute the same values once for everybody.
+User names, dm pairs, group membership, the scenario checks, the churn clocks, the
+phases and the churners come from `imlab.experiment.scenarios`, the ground floor
+both kinds of run share; here they are computed once for everybody (a real run's
+`LoadPlan` asks per user).
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
-from loadtest.plan import (
+from imlab.experiment.scenarios import (
     DEFAULT_GROUP_SIZE,
     GROUP_SCENARIOS,
     SCENARIOS,
@@ -22,14 +20,22 @@ from loadtest.plan import (
     ChurnSpec,
     PlanError,
     check_scenario,
+    churners,
     dm_partner,
     group_indices,
+    phase,
     user_names,
 )
 
-__all__ = ["SCENARIOS", "ChurnSpec", "Conversation", "PlanError", "SimScenario", "build_scenario"]
-
-_GOLDEN = (math.sqrt(5) - 1) / 2  # as in loadtest.plan
+__all__ = [
+    "SCENARIOS",
+    "ChurnSpec",
+    "Conversation",
+    "PlanError",
+    "SimScenario",
+    "build_scenario",
+    "schedule_phases",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,8 @@ class SimScenario:
     user_convs: list[list[int]] = field(default_factory=list)
     phases: list[float] = field(default_factory=list)
     churners: frozenset[int] = frozenset()
+    origin: list[int] | None = None
+    """a sample's users' indices in the whole population (`sim.sample`); None: everybody"""
 
     @property
     def uses_groups(self) -> bool:
@@ -67,6 +75,8 @@ class SimScenario:
 
     def churn_clock(self, index: int) -> ChurnClock:
         """User `index`'s online/offline spells: the same draws as in a real run."""
+        if self.origin is not None:
+            index = self.origin[index]
         return ChurnClock(self.churn, random.Random(f"{self.seed}:churn:{index}"))
 
     def offered_sends_per_s(self) -> float:
@@ -117,15 +127,12 @@ def build_scenario(
                 sc.user_convs[a].append(k)
                 sc.user_convs[b].append(k)
             sc.send_conv[u] = k
-    sc.phases = _phases(sc)
-    k = round(spec.fraction * users)
-    order = list(range(users))
-    random.Random(f"{seed}:churners").shuffle(order)
-    sc.churners = frozenset(order[:k])
+    sc.phases = schedule_phases(sc)
+    sc.churners = churners(seed, users, spec.fraction)
     return sc
 
 
-def _phases(sc: SimScenario) -> list[float]:
+def schedule_phases(sc: SimScenario) -> list[float]:
     """`LoadPlan.phase` for every user: golden-ratio offsets within one period."""
     if sc.scenario == "burst":
         gids = [c.group_id or "" for c in sc.convs]
@@ -133,4 +140,4 @@ def _phases(sc: SimScenario) -> list[float]:
         keys = [rank[gids[sc.send_conv[u]]] for u in range(sc.users)]
     else:
         keys = list(range(sc.users))
-    return [((key * _GOLDEN) % 1.0) / sc.rate for key in keys]
+    return [phase(key, sc.rate) for key in keys]

@@ -10,7 +10,9 @@ was told `ok` — the loss the `churn` scenario measures. Groups are `unsupporte
 
 from __future__ import annotations
 
-from sim.stage import FEATURE_DM, Msg, Node, ProtocolRefusal, StageModel, Steps, User
+from sim.client import User
+from sim.server import FEATURE_DM, Msg, Node, ProtocolRefusal, Steps
+from sim.stage import StageModel
 
 
 class V1(StageModel):

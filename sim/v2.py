@@ -13,16 +13,9 @@ at once. A client that was away catches up with `latest` and `sync`.
 
 from __future__ import annotations
 
-from sim.stage import (
-    FEATURE_DM,
-    FEATURE_GROUPS,
-    FEATURE_HISTORY,
-    Msg,
-    Node,
-    StageModel,
-    Steps,
-    User,
-)
+from sim.client import User
+from sim.server import FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY, Msg, Node, Steps
+from sim.stage import StageModel
 
 
 class V2(StageModel):
@@ -39,6 +32,6 @@ class V2(StageModel):
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         members = yield from self.members_of(node, msg)
-        seq = yield from self.redis_call(node, lambda: self.store_append(msg))
+        seq = yield from self.redis_call(node, lambda: self.store.append(msg))
         yield from self.push(node, members, msg)
         return seq

@@ -23,17 +23,9 @@ dedup makes the second store a no-op); relays to it reach nobody.
 
 from __future__ import annotations
 
+from sim.client import User
 from sim.routing import RoutingModel
-from sim.stage import (
-    FEATURE_DM,
-    FEATURE_GROUPS,
-    FEATURE_HISTORY,
-    Msg,
-    Node,
-    Steps,
-    Unavailable,
-    User,
-)
+from sim.server import FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY, Msg, Node, Steps, Unavailable
 
 
 class V3(RoutingModel):
@@ -55,7 +47,7 @@ class V3(RoutingModel):
     def process(self, node: Node, msg: Msg) -> Steps:
         """`Server.process`: store with the next seq, look the members' servers up, deliver."""
         duplicate = msg.seq is not None
-        yield from self.redis_call(node, lambda: self.store_append(msg))
+        yield from self.redis_call(node, lambda: self.store.append(msg))
         if duplicate:
             self.counts.inc("kafka_duplicates")
             return

@@ -23,17 +23,9 @@ commit and pushes those messages again (the clients' inboxes drop the repeats).
 
 from __future__ import annotations
 
+from sim.client import User
 from sim.routing import RoutingModel
-from sim.stage import (
-    FEATURE_DM,
-    FEATURE_GROUPS,
-    FEATURE_HISTORY,
-    Msg,
-    Node,
-    Steps,
-    Unavailable,
-    User,
-)
+from sim.server import FEATURE_DM, FEATURE_GROUPS, FEATURE_HISTORY, Msg, Node, Steps, Unavailable
 
 
 class V4(RoutingModel):
@@ -50,7 +42,7 @@ class V4(RoutingModel):
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
             yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
-        seq = yield from self.redis_call(node, lambda: self.store_append(msg))
+        seq = yield from self.redis_call(node, lambda: self.store.append(msg))
         published = yield from self.publish(msg)
         if not published:
             raise Unavailable("kafka")  # stored with a seq, never pushed (seed problem 3)

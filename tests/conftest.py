@@ -1,21 +1,32 @@
-"""Fixtures: real stages started through `imlab.cluster` (real Redis, real broker),
-one cluster per stage per test module, and a client factory that closes its clients.
+"""What every test folder shares, and how the folders differ:
 
-A stage that cannot start fails the test with the services' log tails; nothing is
-skipped because a service is missing.
+- `unit/`: pure logic, the simulator, the checker on synthetic histories; starts no
+  process (marker `unit`; `make test-fast` runs these alone, in seconds);
+- `stages/`: real stages started through `imlab.cluster` (real Redis, real Apache
+  Kafka), one cluster per stage per test module (marker `stages`);
+- `e2e/`: whole commands end to end (`imlab load`, `imlab up`, `imlab compare`,
+  live faults) in subprocesses (marker `e2e`).
+
+Fixtures: the stages and a client factory that closes its clients. A stage that
+cannot start fails the test with the services' log tails; nothing is skipped
+because a service is missing. At the end of the session no process the suite
+started may still run (checked by an environment mark every such process inherits).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
+from imlab import services
 from imlab.client import AsyncChatClient
 from imlab.cluster import Cluster, ClusterSpec
 from imlab.services import stop_all
@@ -121,5 +132,52 @@ def print_log_tails(cluster: Cluster, lines: int = 30) -> None:
         print(f"----- {svc.name}: {svc.log_path}\n{svc.log_tail(lines)}")
 
 
+FOLDER_MARKERS = {"unit": "unit", "stages": "stages", "e2e": "e2e"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, what in (
+        ("unit", "pure logic; starts no process"),
+        ("stages", "runs real stages (Redis, Kafka, stage processes)"),
+        ("e2e", "whole commands end to end, in subprocesses"),
+    ):
+        config.addinivalue_line("markers", f"{marker}: {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its folder, so `-m unit` and the like select."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
+
+
+def leftover_processes() -> list[str]:
+    """Processes that carry this session's mark and still run (orphans included)."""
+    mark = os.environ[SESSION_MARK]
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(SESSION_MARK) == mark:
+                found.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop what is still registered, then fail the session if anything the suite
+    started outlived it."""
+    registered = len(services._live)
     stop_all()
+    deadline = time.monotonic() + 10.0
+    left = leftover_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftover_processes()
+    if registered or left:
+        print(f"\nleft behind by the suite: {registered} registered service(s) at the end; "
+              "still running:\n" + "\n".join(left or ["(none)"]))  # fmt: skip
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

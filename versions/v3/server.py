@@ -25,7 +25,7 @@ from imlab import protocol as p
 from imlab.consumers import make_consumer
 from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, Message, ProtocolError
-from imlab.routing import Relay, Routes, by_node
+from imlab.routing import Relay, Routes, by_node, route_key
 from imlab.server import HistoryServer, StageServer, base_parser, serve
 from imlab.store import MessageStore, new_message
 
@@ -105,6 +105,7 @@ class Server(HistoryServer):
             self.metrics,
             retry_errors=StageServer.unavailable_errors,
             client_id=node,
+            batch_handler=self.process_batch,
         )
         self.relay = Relay(self.redis, node, self.push, self.metrics)
 
@@ -205,6 +206,59 @@ class Server(HistoryServer):
         else:
             routes = _pairs(await self.redis.hgetall(f"im:gsrv:{conv.group_id}"))
         await self.deliver(routes, p.MESSAGE, stored.to_dict())
+
+    async def process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """`process` for a partition's records at once: one round trip checks the
+        senders, one stores them all (seqs in offset order), one finds the members'
+        servers, and each other server gets one relay publish for the lot."""
+        msgs = [Message.from_dict(json.loads(rec.value)) for rec in records]
+        convs = [p.parse_conv(m.conv) for m in msgs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg, conv in zip(msgs, convs, strict=True):
+                p.check_user_id(msg.sender, "sender")
+                if conv.kind == "dm" and msg.sender not in conv.members:
+                    raise ValueError(f"{msg.sender} is not in {conv.id}")
+                if conv.kind == "group":
+                    pipe.sismember(f"im:members:{conv.group_id}", msg.sender)
+            member = await pipe.execute()
+        if not all(member):
+            raise ValueError("a sender is not a member of its group")  # split: skip that one
+        stored = await self.store.append_many(
+            [(m, c.members) for m, c in zip(msgs, convs, strict=True)]
+        )
+        fresh = [(m, c) for (m, dup), c in zip(stored, convs, strict=True) if not dup]
+        self.metrics.inc("kafka_duplicates", len(stored) - len(fresh))
+        if not fresh:
+            return
+        dm_users = sorted({u for _, c in fresh if c.kind == "dm" for u in c.members})
+        gids = sorted({c.group_id for _, c in fresh if c.kind == "group"})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if dm_users:
+                pipe.mget([route_key(u) for u in dm_users])
+            for gid in gids:
+                pipe.hgetall(f"im:gsrv:{gid}")
+            found = await pipe.execute()
+        dm_routes = (
+            dict(zip(dm_users, (_s(v) if v else None for v in found.pop(0)), strict=True))
+            if dm_users
+            else {}
+        )
+        group_routes = {gid: _pairs(raw) for gid, raw in zip(gids, found, strict=True)}
+        relayed = []
+        for msg, conv in fresh:
+            routes = (
+                {u: dm_routes.get(u) for u in conv.members}
+                if conv.kind == "dm"
+                else group_routes[conv.group_id]
+            )
+            targets = by_node(routes)
+            data = msg.to_dict()
+            mine = targets.pop(self.node, None)
+            if mine:
+                await self.push(mine, p.MESSAGE, data)
+            if targets:
+                relayed.append((targets, p.MESSAGE, data))
+        await self.relay.send_many(relayed)
 
 
 def _pairs(raw: object) -> dict[str, str | None]:

@@ -1,0 +1,217 @@
+"""The asyncio client (python-socketio's AsyncClient), for tests, tools and the terminal
+chat: it carries out the core's steps and reconnects by itself unless closed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import socketio
+
+from imlab import protocol as p
+from imlab.client.core import (
+    CONNECTION_LOST,
+    SYNC_PAGE,
+    Answer,
+    ClientError,
+    ConnectRefused,
+    Dial,
+    R,
+    Request,
+    Steps,
+    checked_ack,
+)
+from imlab.client.transport import (
+    CALL_TIMEOUT,
+    RECONNECT_RETRY,
+    Done,
+    Transport,
+    log,
+    reconnect_delays,
+)
+
+
+class AsyncChatClient(Transport):
+    """An asyncio client; reconnects by itself (to the next endpoint) unless closed.
+
+    A push that arrives ahead of a gap is held; `gap_sync_delay` seconds later the
+    gap is repaired with `sync` (never, when negative).
+    """
+
+    def __init__(
+        self,
+        user: str,
+        urls: str | Sequence[str],
+        *,
+        reconnect: bool = True,
+        gap_sync_delay: float = 0.5,
+        **kw: Any,
+    ) -> None:
+        super().__init__(user, urls, reconnect=reconnect, **kw)
+        self.gap_sync_delay = gap_sync_delay
+        self.sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self.connected = asyncio.Event()
+        self._listen(self.sio)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on(p.MESSAGE, self._on_message)
+
+    # --- connection
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect to the first endpoint that accepts, then catch up."""
+        await self._run(self.core.connect(timeout))
+        self.connected.set()
+        await self.catch_up()
+
+    async def _on_disconnect(self, *reason: Any) -> None:
+        self.connected.clear()
+        for answer in list(self._pending):
+            if not answer.done():
+                answer.set_result(CONNECTION_LOST)
+        if self._lost(reason).will_reconnect:
+            self._spawn(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        for delay in reconnect_delays():
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            try:
+                await self.connect(timeout=5)
+                return
+            except ConnectRefused:
+                raise
+            except RECONNECT_RETRY as exc:
+                log.debug("%s: reconnect failed: %s", self.user, exc)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await self.sio.disconnect()
+        self._flush()
+
+    async def disconnect(self, *, reconnect: bool = False) -> None:
+        """Drop the connection but keep the client's state: with `reconnect` it comes
+        back by itself, else it stays offline until `connect()` (churn, tests)."""
+        self._suppress_reconnect = not reconnect and self.sio.connected
+        await self.sio.disconnect()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- requests
+
+    async def call(
+        self, event: str, data: Any = None, timeout: float = CALL_TIMEOUT
+    ) -> dict[str, Any]:
+        """Emit and wait for the ack; a dropped connection fails the call at once."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_ack(*args: Any) -> None:
+            if not answer.done():
+                answer.set_result(args[0] if len(args) == 1 else args)
+
+        self._pending.add(answer)
+        try:
+            await self.sio.emit(event, data, callback=on_ack)
+            ack = await asyncio.wait_for(answer, timeout)
+        except socketio.exceptions.BadNamespaceError:
+            raise ClientError(f"{event}: not connected") from None
+        except TimeoutError:
+            raise ClientError(f"{event}: no ack within {timeout:g}s") from None
+        finally:
+            self._pending.discard(answer)
+        return checked_ack(event, ack)
+
+    async def _run(self, steps: Steps[R]) -> R:
+        need = self._next(steps, None)
+        while not isinstance(need, Done):
+            answer = await (self._dial(need) if isinstance(need, Dial) else self._ask(need))
+            need = self._next(steps, answer)
+        return need.value
+
+    async def _dial(self, dial: Dial) -> Answer:
+        try:
+            await self.sio.connect(
+                dial.url, auth=dial.auth, transports=["websocket"], wait_timeout=dial.timeout
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            return Answer({}, time.time(), str(exc))
+        return Answer({}, time.time())
+
+    async def _ask(self, request: Request) -> Answer:
+        return Answer(await self.call(request.event, request.data), time.time())
+
+    async def catch_up(self) -> None:
+        await self._run(self.core.catch_up())
+
+    async def repair_gaps(self) -> None:
+        """Sync the conversations with a gap (a push held ahead of a missing seq)."""
+        gaps = self.core.inbox.gaps()
+        if gaps:
+            await self._run(self.core.catch_up(only=gaps))
+
+    async def hello(self) -> dict[str, Any]:
+        return await self._run(self.core.hello())
+
+    async def send(
+        self,
+        *,
+        to: str | None = None,
+        group: str | None = None,
+        body: str = "",
+        client_msg_id: str | None = None,
+        intended: float | None = None,
+    ) -> dict[str, Any]:
+        return await self._run(
+            self.core.send(
+                to=to,
+                group=group,
+                body=body,
+                client_msg_id=client_msg_id,
+                intended=intended,
+                now=time.time(),
+            )
+        )
+
+    async def create_group(self, members: Sequence[str], name: str = "") -> dict[str, Any]:
+        return await self._run(self.core.create_group(members, name))
+
+    async def latest(self) -> dict[str, Any]:
+        return await self._run(self.core.latest())
+
+    async def sync(self, conv: str, after_seq: int = 0, limit: int = SYNC_PAGE) -> dict[str, Any]:
+        return await self._run(self.core.sync(conv, after_seq, limit))
+
+    # --- inbound
+
+    async def _on_message(self, data: Any) -> None:
+        self._receive(data)
+        if self.core.inbox.pending and self.gap_sync_delay >= 0:
+            self._spawn(self._repair_gaps_later())
+
+    async def _repair_gaps_later(self) -> None:
+        await asyncio.sleep(self.gap_sync_delay)
+        if self.connected.is_set():
+            try:
+                await self.repair_gaps()
+            except ClientError as exc:
+                log.debug("%s: gap repair failed: %s", self.user, exc)
+
+    # --- test helpers
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.user}: timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(0.02)

@@ -1,0 +1,241 @@
+"""`imlab compare`, the main job: every stage through the standard scenarios, with
+and without each fault, for real (`imlab load`) and simulated (`imlab sim`), then
+one report (`imlab report`) and the main table on the terminal.
+
+The matrix is data (`plan_cases`), so what a comparison covers can be read in one
+place; `--quick` is the same matrix, smaller and shorter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from imlab import stages
+from imlab.cluster import machine_info, package_versions
+from imlab.experiment.runfolder import new_run_dir
+
+Kind = Literal["real", "sim"]
+
+
+def stage_faults(stage: str, quick: bool) -> tuple[str, ...]:
+    """The faults each stage is put under (its stage.toml), at offsets inside the window."""
+    info = stages.stage(stage)
+    return info.faults_quick if quick else info.faults_full
+
+
+@dataclass(frozen=True)
+class Case:
+    """One run of the comparison."""
+
+    kind: Kind
+    stage: str
+    scenario: str
+    users: int
+    rate: float
+    duration: float
+    faults: str = ""
+
+    @property
+    def label(self) -> str:
+        fault = self.faults or "no fault"
+        return (
+            f"{self.kind:<4} {self.stage} {self.scenario:<6} {self.users:>3} users "
+            f"x {self.rate:g}/s for {self.duration:g}s, {fault}"
+        )
+
+
+def _fill(spec: str, duration: float) -> str:
+    window = max(1.0, round(duration * 0.25, 1))
+    at = max(1.0, round(duration * 0.35, 1))
+    return spec.format(w=f"{window:g}s", at=f"{at:g}s")
+
+
+def plan_cases(
+    *, quick: bool, only: Sequence[str] | None = None, real: bool = True, sim: bool = True
+) -> list[Case]:
+    """The comparison matrix: fault-free load levels per scenario, then each stage's faults."""
+    duration = 6.0 if quick else 12.0
+    users = 16 if quick else 32
+    levels = (2.0,) if quick else (1.0, 3.0)
+    scenarios = ("group",) if quick else ("group", "dm", "burst")
+    cases: list[Case] = []
+    for stage in only or stages.names():
+        groups = stages.stage(stage).has_groups  # without groups: dm only
+        for scenario in scenarios:
+            sc = scenario if groups else "dm"
+            if not groups and scenario != scenarios[0]:
+                continue
+            for rate in levels if sc in ("group", "dm") else levels[:1]:
+                cases.append(Case("real", stage, sc, users, rate, duration))
+        for spec in stage_faults(stage, quick):
+            sc = "group" if groups else "dm"
+            cases.append(Case("real", stage, sc, users, levels[0], duration, _fill(spec, duration)))
+    out: list[Case] = []
+    for c in cases:
+        if real:
+            out.append(c)
+        if sim:
+            out.append(replace(c, kind="sim"))
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class BrokerChoice:
+    """The Kafka cluster the real v3/v4 runs use (`--broker`, `--brokers`)."""
+
+    kind: str = "auto"
+    brokers: int = 1
+
+
+def run_case(case: Case, run_dir: Path, seed: int, broker: BrokerChoice | None = None) -> Path:
+    """Carry out one case into `run_dir`; returns the run folder (with metrics.json)."""
+    same: dict[str, Any] = {
+        "stage": case.stage,
+        "scenario": case.scenario,
+        "users": case.users,
+        "rate": case.rate,
+        "duration": case.duration,
+        "faults": case.faults,
+        "seed": seed,
+        "run_dir": run_dir,
+        "quiet": True,
+    }
+    if case.kind == "real":
+        from imlab.cluster import ClusterSpec
+        from loadtest.runner import LoadOptions, run_load
+
+        b = broker or BrokerChoice()
+        spec = ClusterSpec(case.stage, broker=b.kind, brokers=b.brokers)
+        opts = LoadOptions(**same, max_drain=10.0, cluster=spec)
+        return run_load(opts, out=io.StringIO()).run_dir
+    from sim.run import SimOptions, run_sim
+
+    sim_opts = SimOptions(**same)  # the stage's own process counts, as the real run
+    return run_sim(sim_opts, out=io.StringIO()).run_dir
+
+
+def _eta(done: list[tuple[Case, float]], remaining: Sequence[Case]) -> float:
+    """Seconds left, from the measured overhead of finished runs of each kind."""
+    over: dict[str, list[float]] = {"real": [], "sim": []}
+    for case, took in done:
+        over[case.kind].append(max(0.0, took - (case.duration if case.kind == "real" else 0.0)))
+    default = {"real": 12.0, "sim": 2.0}
+    est = 0.0
+    for c in remaining:
+        o = over[c.kind]
+        extra = sorted(o)[len(o) // 2] if o else default[c.kind]
+        est += extra + (c.duration if c.kind == "real" else 0.0)
+    return est
+
+
+def compare(
+    cases: Sequence[Case],
+    out_dir: Path,
+    *,
+    seed: int = 1,
+    out: TextIO | None = None,
+    broker: BrokerChoice | None = None,
+) -> dict[str, Any]:
+    """Run every case, build the report, return a summary (also written as compare.json)."""
+    out = out or sys.stdout
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = out_dir / "runs"
+    started: float = time.time()
+    done: list[tuple[Case, float]] = []
+    results: list[dict[str, Any]] = []
+    for i, case in enumerate(cases):
+        left = _eta(done, cases[i:])
+        print(
+            f"[{i + 1}/{len(cases)}] {case.label}  (about {left:.0f}s left)", file=out, flush=True
+        )
+        fault_tag = case.faults.split(":")[0] if case.faults else "nofault"
+        name = f"{i:02d}-{case.kind}-{case.stage}-{case.scenario}-r{case.rate:g}-{fault_tag}"
+        t0 = time.time()
+        entry: dict[str, Any] = {"case": asdict(case), "run_dir": str(runs_dir / name)}
+        try:
+            run_case(case, runs_dir / name, seed, broker)
+            entry["ok"] = True
+        except Exception as exc:  # one failed case is reported; the comparison goes on
+            entry["ok"] = False
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            (runs_dir / name).mkdir(parents=True, exist_ok=True)
+            (runs_dir / name / "error.txt").write_text(traceback.format_exc())
+            print(f"      failed: {entry['error']}", file=out, flush=True)
+        entry["seconds"] = round(time.time() - t0, 2)
+        done.append((case, entry["seconds"]))
+        results.append(entry)
+
+    from reports.report import build_report, markdown_table
+
+    ok_dirs = [Path(r["run_dir"]) for r in results if r["ok"]]
+    report = build_report(ok_dirs, out_dir / "report")
+    summary = {
+        "started_at": started,
+        "ended_at": time.time(),
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "cases": results,
+        "report": str(report.html),
+        "summary_md": str(report.summary),
+    }
+    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2))
+    print("\n" + markdown_table(report.runs), file=out)
+    failed = [r for r in results if not r["ok"]]
+    took = time.time() - started
+    print(f"\n{len(results) - len(failed)}/{len(results)} runs in {took:.0f}s", file=out)
+    for r in failed:
+        print(f"  failed: {r['run_dir']}: {r['error']}", file=out)
+    print(f"report: {report.html}\nsummary: {report.summary}", file=out, flush=True)
+    return summary
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison and build the report."""
+    only = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(stages.names()))
+    if unknown:
+        print(f"imlab compare: unknown stage(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    cases = plan_cases(quick=args.quick, only=only, real=not args.no_real, sim=not args.no_sim)
+    out_dir = Path(args.out) if args.out else new_run_dir("compare", "all")
+    real = sum(c.kind == "real" for c in cases)
+    print(f"imlab compare: {len(cases)} runs ({real} real, {len(cases) - real} simulated) "
+          f"into {out_dir}", flush=True)  # fmt: skip
+    from imlab.brokers import resolve_kind
+
+    needs_kafka = any(c.kind == "real" and stages.stage(c.stage).needs_kafka for c in cases)
+    kind = resolve_kind(args.broker) if needs_kafka else args.broker
+    broker = BrokerChoice(kind, args.brokers)
+    if needs_kafka:
+        print(f"v3/v4 run on {kind} with {args.brokers} broker(s)", flush=True)
+    summary = compare(cases, out_dir, seed=args.seed, broker=broker)
+    return 0 if all(r["ok"] for r in summary["cases"]) else 1
+
+
+def register(sub: Any) -> None:
+    c = sub.add_parser(
+        "compare",
+        help="the main job: every stage, scenario and fault, real and simulated, then the report",
+    )
+    c.add_argument("--quick", action="store_true", help="a smaller, shorter matrix (< 3 min)")
+    c.add_argument("--stages", default=",".join(stages.names()), help="comma-separated stages")
+    c.add_argument("--no-sim", action="store_true", help="skip the simulated runs")
+    c.add_argument("--no-real", action="store_true", help="skip the real runs")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--out", default=None, help="output folder (default runs/<time>-compare-all)")
+    c.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto",
+                   help="v3/v4 broker: Apache Kafka (auto: where Java runs) or Tansu")  # fmt: skip
+    c.add_argument("--brokers", type=int, default=1, help="Kafka nodes for v3/v4")
+    c.set_defaults(func=cmd_compare)

@@ -1,0 +1,198 @@
+"""`imlab capacity`: an open-loop ladder of rising offered rates against one stage, one
+`imlab load` run per level (each in its own folder under one parent folder), stopped
+once past the knee (loadtest/knee.py); leaves `capacity.json` and `capacity.md` in the
+parent folder and prints the summary, saying when the load generator was the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from imlab.cluster import ClusterSpec, machine_info
+from imlab.experiment.runfolder import new_run_dir
+from imlab.experiment.scenarios import PlanError
+from loadtest.knee import DEFAULT_THRESHOLD_MS, Knee, Level, find_knee, past_knee
+from loadtest.runner import LoadOptions, LoadResult, LoadRunError, run_load
+
+
+@dataclass
+class CapacityOptions:
+    stage: str
+    scenario: str = "dm"
+    threshold_ms: float = DEFAULT_THRESHOLD_MS
+    start: float = 250.0  # msgs/s offered at the first level
+    factor: float = 2.0
+    max_rate: float = 8000.0
+    level_seconds: float = 8.0
+    users: int = 200
+    group_size: int = 8
+    processes: int = 0
+    max_drain: float = 15.0
+    parent: Path | None = None
+    cluster: ClusterSpec | None = None
+
+
+def rates(start: float, factor: float, max_rate: float) -> list[float]:
+    """The ladder's offered rates: start, start*factor, ... up to max_rate (included)."""
+    if start <= 0 or factor <= 1.0 or max_rate < start:
+        raise ValueError("need 0 < --start <= --max and --factor > 1")
+    out = [start]
+    while out[-1] * factor <= max_rate * (1 + 1e-9):
+        out.append(round(out[-1] * factor, 3))
+    return out
+
+
+def level_of(result: LoadResult) -> Level:
+    m, params = result.metrics, result.manifest["params"]
+    deliveries = m.get("deliveries") or {}
+    push = (m.get("latency_ms") or {}).get("push") or {}
+    return Level(
+        offered=float(params["offered_sends_per_s"]),
+        p99_ms=push.get("p99") if push.get("count") else None,
+        lost=int(deliveries.get("lost", 0)),
+        generator_bound=bool(result.verdict.get("generator_limited")),
+        delivered_per_s=(m.get("throughput") or {}).get("deliveries_per_s"),
+        run_dir=str(result.run_dir),
+        why=tuple(result.verdict.get("reasons", ())),
+    )
+
+
+def run_capacity(opts: CapacityOptions, out: TextIO | None = None) -> dict[str, Any]:
+    """Climb the ladder, stop past the knee, write and print the summary; returns it."""
+    out = out or sys.stdout
+    parent = opts.parent or new_run_dir("capacity", opts.stage)
+    parent.mkdir(parents=True, exist_ok=True)
+    levels: list[Level] = []
+    for i, rate in enumerate(rates(opts.start, opts.factor, opts.max_rate)):
+        print(f"level {i + 1}: {rate:g} msgs/s offered for {opts.level_seconds:g}s", file=out)
+        result = run_load(
+            LoadOptions(
+                stage=opts.stage,
+                scenario=opts.scenario,
+                users=opts.users,
+                rate=rate / opts.users,
+                duration=opts.level_seconds,
+                group_size=opts.group_size,
+                processes=opts.processes,
+                max_drain=opts.max_drain,
+                run_dir=parent / f"L{i + 1}-{rate:g}",
+                cluster=opts.cluster,
+                quiet=True,
+            ),
+            out,
+        )
+        levels.append(level_of(result))
+        print("  " + _row(levels[-1], opts.threshold_ms), file=out, flush=True)
+        if past_knee(levels, opts.threshold_ms):
+            break
+    knee = find_knee(levels, opts.threshold_ms)
+    summary = _summary(opts, levels, knee)
+    (parent / "capacity.json").write_text(json.dumps(summary, indent=1))
+    text = markdown(summary)
+    (parent / "capacity.md").write_text(text)
+    print(text, file=out)
+    print(f"capacity folder: {parent}", file=out)
+    summary["folder"] = str(parent)
+    return summary
+
+
+def _summary(opts: CapacityOptions, levels: list[Level], knee: Knee) -> dict[str, Any]:
+    return {
+        "stage": opts.stage,
+        "scenario": opts.scenario,
+        "users": opts.users,
+        "level_seconds": opts.level_seconds,
+        "threshold_ms": opts.threshold_ms,
+        "ladder": {"start": opts.start, "factor": opts.factor, "max": opts.max_rate},
+        "levels": [asdict(lv) for lv in levels],
+        "knee": knee.to_dict(),
+        "generator_was_the_limit": knee.status == "generator-bound",
+        "machine": machine_info(),
+    }
+
+
+def _row(lv: Level, threshold_ms: float) -> str:
+    p99 = "-" if lv.p99_ms is None else f"{lv.p99_ms:.1f}"
+    ok = "ok" if lv.passes(threshold_ms) else "over"
+    gen = "  GENERATOR-BOUND" if lv.generator_bound else ""
+    return f"{lv.offered:g} msgs/s: push p99 {p99} ms, lost {lv.lost}, {ok}{gen}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# Capacity of {summary['stage']} ({summary['scenario']})",
+        "",
+        f"{summary['knee']['sentence']}.",
+        "",
+        "| offered msgs/s | delivered/s | push p99 ms | lost | generator-bound | run |",
+        "|--:|--:|--:|--:|:--|:--|",
+    ]
+    for lv in summary["levels"]:
+        p99 = "-" if lv["p99_ms"] is None else f"{lv['p99_ms']:.1f}"
+        got = "-" if lv["delivered_per_s"] is None else f"{lv['delivered_per_s']:g}"
+        gen = "yes: " + "; ".join(lv["why"]) if lv["generator_bound"] else "no"
+        run = Path(lv["run_dir"]).name
+        lines.append(f"| {lv['offered']:g} | {got} | {p99} | {lv['lost']} | {gen} | {run} |")
+    m = summary["machine"]
+    lines += ["", f"Machine: {m.get('hostname')}, {m.get('cpu_count')} cores, shared with the "
+              "load generator."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from imlab.cluster import add_cluster_args
+    from imlab.stages import names
+
+    p = sub.add_parser(
+        "capacity",
+        help="find a stage's knee with a ladder of rising offered rates",
+        description=(
+            "Run `imlab load` at rising offered rates (open loop) until the push p99 "
+            "crosses the threshold or messages are lost, twice in a row; report the knee "
+            "(the highest rate that held) and whether the load generator was the limit."
+        ),
+    )
+    p.add_argument("--stage", required=True, choices=names())
+    p.add_argument("--scenario", default="dm", choices=["dm", "group"])
+    p.add_argument("--threshold-ms", type=float, default=DEFAULT_THRESHOLD_MS)
+    p.add_argument("--start", type=float, default=250.0, help="first offered msgs/s")
+    p.add_argument("--factor", type=float, default=2.0, help="each level offers this much more")
+    p.add_argument("--max", type=float, default=8000.0, dest="max_rate", help="highest msgs/s")
+    p.add_argument("--level-seconds", type=float, default=8.0, help="seconds of sending a level")
+    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--processes", type=int, default=0, help="Locust processes (0: one a core)")
+    p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
+    add_cluster_args(p)
+    p.set_defaults(func=cmd_capacity)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from imlab.cluster import spec_from_args
+
+    opts = CapacityOptions(
+        stage=args.stage,
+        scenario=args.scenario,
+        threshold_ms=args.threshold_ms,
+        start=args.start,
+        factor=args.factor,
+        max_rate=args.max_rate,
+        level_seconds=args.level_seconds,
+        users=args.users,
+        processes=args.processes,
+        parent=Path(args.run_dir) if args.run_dir else None,
+        cluster=spec_from_args(args.stage, args),
+    )
+    try:
+        run_capacity(opts)
+    except (PlanError, LoadRunError, ValueError) as exc:
+        print(f"imlab capacity: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""stages tests (see tests/conftest.py for what each folder may need)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from imlab.experiment.scenarios import DEFAULT_GROUP_SIZE, SCENARIOS, PlanError
 from loadtest.runner import LoadOptions, LoadRun, LoadRunError
@@ -67,6 +68,26 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
+def scenario_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `add_scenario_args` parsed, as `LoadOptions` and `SimOptions` take them."""
+    return {
+        "scenario": args.scenario,
+        "users": args.users,
+        "rate": args.rate,
+        "duration": args.duration,
+        "group_size": args.group_size,
+        "spawn_rate": args.spawn_rate,
+        "churn": args.churn,
+        "churn_online": args.churn_online,
+        "churn_offline": args.churn_offline,
+        "churn_silent": args.churn_silent,
+        "max_drain": args.max_drain,
+        "faults": args.faults,
+        "seed": args.seed,
+        "quiet": args.quiet,
+    }
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     """Run one load test; exit 0 when it ran (whatever it found), 2 when it could not."""
     from imlab.cluster import spec_from_args
@@ -75,25 +96,12 @@ def cmd_load(args: argparse.Namespace) -> int:
     try:
         opts = LoadOptions(
             stage=args.stage,
-            scenario=args.scenario,
-            users=args.users,
-            rate=args.rate,
-            duration=args.duration,
-            group_size=args.group_size,
+            **scenario_options(args),
             processes=args.processes,
-            spawn_rate=args.spawn_rate,
-            churn=args.churn,
-            churn_online=args.churn_online,
-            churn_offline=args.churn_offline,
-            churn_silent=args.churn_silent,
             step_users=args.step_users,
             step_every=args.step_every,
-            max_drain=args.max_drain,
-            faults=args.faults,
-            seed=args.seed,
             run_dir=Path(args.run_dir) if args.run_dir else None,
             cluster=spec_from_args(args.stage, args),
-            quiet=args.quiet,
         )
         run = LoadRun(opts, sys.stdout)
     except (PlanError, FaultSpecError, ValueError) as exc:

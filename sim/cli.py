@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imlab.experiment.faults import FaultSpecError
 from imlab.experiment.scenarios import SCENARIOS, PlanError
-from loadtest.cli import add_scenario_args
+from loadtest.cli import add_scenario_args, scenario_options
 from sim.run import TRACE_EVENTS, SimOptions, models, run_sim
 
 EPILOG = (
@@ -84,17 +84,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     try:
         opts = SimOptions(
             stage=args.stage,
-            scenario=args.scenario,
-            users=args.users,
-            rate=args.rate,
-            duration=args.duration,
-            group_size=args.group_size,
-            churn=args.churn,
-            churn_online=args.churn_online,
-            churn_offline=args.churn_offline,
-            churn_silent=args.churn_silent,
-            faults=args.faults,
-            seed=args.seed,
+            **scenario_options(args),
             servers=args.servers,
             gateways=args.gateways,
             workers=args.workers,
@@ -104,11 +94,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             trace=args.trace,
             trace_events=args.trace_events,
             sample=args.sample,
-            max_drain=args.max_drain,
-            spawn_rate=args.spawn_rate,
             run_dir=Path(args.run_dir) if args.run_dir else None,
             check=not args.no_check,
-            quiet=args.quiet,
         )
         result = run_sim(opts)
     except (PlanError, FaultSpecError, ValueError, OSError) as exc:

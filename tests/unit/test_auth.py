@@ -32,8 +32,11 @@ def _signed(claims: dict[str, object], key: str = SECRET) -> str:
     return jwt.encode(claims, key, algorithm="HS256")
 
 
+# Built at collection time, judged maybe many minutes later (the whole suite runs in
+# between): valid claims live an hour, the "future" token is issued a month ahead.
 NOW = time.time()
-FULL = {"sub": "alice", "iat": int(NOW), "exp": int(NOW + 60), "jti": "j1"}
+FULL = {"sub": "alice", "iat": int(NOW), "exp": int(NOW + 3600), "jti": "j1"}
+MONTH = 30 * 86400
 
 REFUSED: list[tuple[str, object, str]] = [
     ("none", None, "missing token"),
@@ -46,10 +49,14 @@ REFUSED: list[tuple[str, object, str]] = [
     ("no jti", _signed({k: v for k, v in FULL.items() if k != "jti"}), "lacks the 'jti'"),
     ("no exp", _signed({k: v for k, v in FULL.items() if k != "exp"}), "lacks the 'exp'"),
     ("bad user", _signed({**FULL, "sub": "a b"}), "not a valid user id"),
-    ("future", _signed({**FULL, "iat": int(NOW + 600), "exp": int(NOW + 900)}), "future"),
-    ("exp as numeric string", _signed({**FULL, "exp": str(int(NOW + 60))}), "'exp' must be an int"),
+    ("future", _signed({**FULL, "iat": int(NOW + MONTH), "exp": int(NOW + MONTH + 300)}), "future"),
+    (
+        "exp as numeric string",
+        _signed({**FULL, "exp": str(int(NOW + 3600))}),
+        "'exp' must be an int",
+    ),
     ("iat as bool", _signed({**FULL, "iat": True}), "'iat' must be an integer"),
-    ("exp as float", _signed({**FULL, "exp": NOW + 60.5}), "'exp' must be an integer"),
+    ("exp as float", _signed({**FULL, "exp": NOW + 3600.5}), "'exp' must be an integer"),
     ("exp in year 9999", _signed({**FULL, "exp": 253402300799}), "lifetime exceeds"),
     ("101-digit exp", _signed({**FULL, "exp": int("9" * 101)}), "lifetime exceeds"),
     ("exp before iat", _signed({**FULL, "exp": int(NOW) - 1, "iat": int(NOW)}), "expired"),

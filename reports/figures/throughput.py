@@ -22,7 +22,15 @@ from reports.figures.common import (
 )
 from reports.numbers import Calc, Num, Text, join
 from reports.rundata import NO_FAULT, RunData, stage_key
-from reports.style import KIND_LINE, new_figure, plain_log_axis, save, stage_color, stage_marker
+from reports.style import (
+    KIND_LINE,
+    new_figure,
+    plain_log_axis,
+    save,
+    stage_color,
+    stage_marker,
+    suptitle,
+)
 
 
 def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
@@ -78,9 +86,7 @@ def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
         ax_lat.set_xlim(0, top)
         ax_lat.set_title("p99 push latency")
         legend(ax_tp, stage_names(base), (r.kind for r in base), loc="upper left")
-        fig.suptitle(
-            f"Throughput vs offered load, scenario {scenario}, no fault", fontweight="bold"
-        )
+        suptitle(fig, f"Throughput vs offered load, scenario {scenario}, no fault")
         file = f"throughput-{slug(scenario)}.png"
         save(fig, out / file)
         caption = _throughput_caption([series[k] for k in keys], runs)

@@ -516,7 +516,7 @@ def test_architecture_descriptions_hold_together() -> None:
         for e in arch.edges:
             assert e.src in ids and e.dst in ids, (stage, e)
         steps = [e.step for e in arch.path()]
-        assert steps[0] == 1 and sorted(set(steps)) == list(range(1, max(steps) + 1)), stage
+        assert steps == list(range(1, len(steps) + 1)), stage  # every step its own number
         text = markdown(arch)
         assert all(n.label in text for n in arch.nodes)
         assert arch.open_problem in text

@@ -539,3 +539,36 @@ def test_v4_broker_loss_is_explained_as_pushes_recovered_by_sync(tmp_path: Path)
         f"not messages: {synced} deliveries came by sync." in text
     )
     assert "v3 stores" not in text
+
+
+def test_fault_captions_compare_like_with_like(tmp_path: Path) -> None:
+    """A fault open from the run's first second has no second before it to compare with,
+    so the caption gives the range (never "held at 0/s or more (0/s the second before)");
+    a crash open to the end is judged on the seconds that had sends, not dated to the end
+    of the send window; the Runs section spells parameters, with no None or raw dict."""
+    common: dict[str, Any] = {"users": 16, "rate": 2.0, "duration": 8.0}
+    churn = ("churn", "clients", 0.0, 8.0)
+    make_run(tmp_path / "runs", "v2-churn", stage="v2", fault=churn, effect="lose", **common)
+    crash = ("crash", "gateway-1", 3.0, 11.0)  # to the drain's end, as a crash is recorded
+    make_run(tmp_path / "runs", "v4-crash", stage="v4", fault=crash, effect="sync", **common)
+    built = build_report([tmp_path / "runs"], tmp_path / "report")
+    m = metrics_of(built)
+
+    text = caption(built, "Around the fault: churn, group (real)")
+    ok = m["v2-churn"]["series"]["acked_ok"]
+    sending = [k for k, n in enumerate(m["v2-churn"]["series"]["sends"]) if n]
+    low, high = fmt(min(ok[k] for k in sending)), fmt(max(ok[k] for k in sending))
+    assert "v2: churn from 0 s to 8 s" in text
+    assert f"accepted sends ranged from {low}/s to {high}/s (" in text
+    assert "held at" not in text and "/s the second before)" not in text
+
+    text = caption(built, "Around the fault: crash, group (real)")
+    series = m["v4-crash"]["series"]
+    last_send = max(k for k, n in enumerate(series["sends"]) if n)
+    assert "v4: crash from 3 s to 11 s" in text
+    assert "held at" in text and "fell to 0/s" not in text
+    assert f"in second {fmt(series['t'][last_send + 1])}" not in text
+
+    page = built.html.read_text(encoding="utf-8")
+    runs = page[page.index('<section id="runs">') :]
+    assert "None" not in runs and "{'" not in runs and "nan" not in runs

@@ -67,6 +67,10 @@ def note(n: Note) -> str:
     return f'<p class="note">{to_html(n.text)}</p>'
 
 
+def bullets(items: Sequence[Text]) -> str:
+    return '<ul class="findings">' + "".join(f"<li>{to_html(t)}</li>" for t in items) + "</ul>"
+
+
 def paragraph(text: Text) -> str:
     return f"<p>{to_html(text)}</p>"
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from reports import html
 from reports.figures import FIGURE_BUILDERS, Figure, Item, Note
+from reports.findings import findings
 from reports.numbers import Calc, Code, Frag, Num, Text, fmt, plain, to_html
 from reports.rundata import RunData, load_runs
 
@@ -203,14 +204,16 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
     for build in FIGURE_BUILDERS:
         items.extend(build(runs, out))
 
+    found = findings(runs)
     body = [
+        html.section("findings", "Findings", [html.bullets(found)]),
         html.section(
             "table",
             "Main table",
             [html.table([h for h, _c in COLUMNS], table_rows(runs), TEXT_COLUMNS)],
-        )
+        ),
     ]
-    nav = [("table", "Main table")]
+    nav = [("findings", "Findings"), ("table", "Main table")]
     for anchor, title in SECTIONS:
         parts = [
             html.figure(i) if isinstance(i, Figure) else html.note(i)
@@ -243,7 +246,9 @@ def _skipped(skipped: Sequence[Path]) -> Text:
 def summary_markdown(
     runs: Sequence[RunData], items: Sequence[Item], skipped: Sequence[Path]
 ) -> str:
-    lines = [f"# {TITLE}", "", plain(_intro(runs)), "", "## Main table", "", markdown_table(runs)]
+    lines = [f"# {TITLE}", "", plain(_intro(runs)), "", "## Findings", ""]
+    lines += [f"- {plain(t, code='`')}" for t in findings(runs)]
+    lines += ["", "## Main table", "", markdown_table(runs)]
     if skipped:
         lines += ["", plain(_skipped(skipped), code="`")]
     for anchor, title in SECTIONS:

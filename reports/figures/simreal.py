@@ -15,14 +15,16 @@ from reports.numbers import Calc, Text
 from reports.rundata import NO_FAULT, RunData
 from reports.style import new_figure, plain_log_axis, save, stage_color, suptitle
 
-_NOT_MATCHED = frozenset({"seed", "calibration", "processes"})
+# The parameters that make the workload, and so decide whether two runs are twins; the
+# rest (seed, drain cap, process counts, what the simulator or Locust alone records) do not.
+WORKLOAD = ("users", "rate", "duration", "group_size", "faults", "churn")
 
 
 def matches(sim: RunData, real: RunData) -> bool:
-    """Same stage, scenario and fault, and equal on every parameter both runs record."""
+    """Same stage, scenario and fault, and equal on every workload parameter both record."""
     if (sim.stage, sim.scenario, sim.fault_label) != (real.stage, real.scenario, real.fault_label):
         return False
-    common = (set(sim.params) & set(real.params)) - _NOT_MATCHED
+    common = [k for k in WORKLOAD if k in sim.params and k in real.params]
     return bool(common) and all(sim.params[k] == real.params[k] for k in common)
 
 

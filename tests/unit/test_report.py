@@ -572,3 +572,25 @@ def test_fault_captions_compare_like_with_like(tmp_path: Path) -> None:
     page = built.html.read_text(encoding="utf-8")
     runs = page[page.index('<section id="runs">') :]
     assert "None" not in runs and "{'" not in runs and "nan" not in runs
+
+
+def test_twins_pair_despite_kind_specific_settings_and_findings_lead(tmp_path: Path) -> None:
+    """A real run and its simulated twin differ in settings only one kind has or that do
+    not shape the workload (the drain cap, Locust's processes); they still pair, and the
+    findings at the top of the page say how far the model is, with the commit."""
+    common: dict[str, Any] = {"users": 16, "rate": 2.0, "duration": 8.0}
+    real = make_run(tmp_path / "runs", "v2-real", stage="v2", **common)
+    sim = make_run(tmp_path / "runs", "v2-sim", stage="v2", kind="sim", base_ms=3.0, **common)
+    for run, extra in ((real, {"max_drain": 10.0, "processes": 2}), (sim, {"max_drain": 30.0})):
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["params"].update(extra)
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    built = build_report([tmp_path / "runs"], tmp_path / "report")
+    assert "Simulated vs real" in [i.title for i in built.items if isinstance(i, Figure)]
+    page = built.html.read_text(encoding="utf-8")
+    assert page.index('<section id="findings">') < page.index('<section id="table">')
+    summary = built.summary.read_text(encoding="utf-8")
+    findings = summary[summary.index("## Findings") : summary.index("## Main table")]
+    assert "code at commit `" in findings
+    assert "Model vs real, v2, over its twin pairs: simulated p50 " in findings
+    assert "Scenario group: v2 kept up at every load tried" in findings

@@ -102,17 +102,25 @@ def fault_findings(runs: Sequence[RunData]) -> list[Text]:
                 ]
             )
         if r.value("sends.acked_error"):
-            parts.append([r.num("sends.acked_error"), " sends refused with an error"])
+            parts.append([r.num("sends.acked_error"), _s(r, "sends.acked_error", " send"),
+                          " refused with an error"])  # fmt: skip
         if r.value("sends.never_acked"):
-            parts.append([r.num("sends.never_acked"), " sends never acked"])
+            parts.append([r.num("sends.never_acked"), _s(r, "sends.never_acked", " send"),
+                          " never acked"])  # fmt: skip
         if r.value("deliveries.sync"):
-            parts.append([r.num("deliveries.sync"), " deliveries recovered by sync"])
+            one = r.value("deliveries.sync") == 1
+            parts.append([r.num("deliveries.sync"), " delivery" if one else " deliveries",
+                          " recovered by sync"])  # fmt: skip
         if not any(r.value(k) for k in ("deliveries.lost", "sends.acked_error")):
             parts.insert(0, ["nothing lost or refused"])
         text += join(parts, sep="; ", last="; ")
         text += ["; p99 push latency ", r.num("latency_ms.push.p99"), " ms."]
         out.append(text)
     return out
+
+
+def _s(r: RunData, key: str, noun: str) -> str:
+    return noun if r.value(key) == 1 else noun + "s"
 
 
 def saturation_findings(runs: Sequence[RunData]) -> list[Text]:

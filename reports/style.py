@@ -71,7 +71,7 @@ def plain_log_axis(axis: Axis) -> None:
     subs: tuple[float, ...] = (1.0,)
     if decades <= 1.2:  # within about a decade: every digit, or 1, 2, 5 give one tick
         subs = tuple(float(d) for d in range(1, 10))
-    elif decades <= 2.5:
+    elif decades <= 3.0:
         subs = (1.0, 2.0, 5.0)
     axis.set_major_locator(LogLocator(10, subs=subs, numticks=12))
     # Three significant digits (the report's own `fmt`), so 3.5 never shows as a second 4.

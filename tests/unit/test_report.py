@@ -594,3 +594,18 @@ def test_twins_pair_despite_kind_specific_settings_and_findings_lead(tmp_path: P
     assert "code at commit `" in findings
     assert "Model vs real, v2, over its twin pairs: simulated p50 " in findings
     assert "Scenario group: v2 kept up at every load tried" in findings
+
+
+def test_a_stage_that_saturates_shows_its_knee(tmp_path: Path) -> None:
+    """Three loads, the last beyond the stage's capacity: the throughput caption and the
+    findings name the last load it kept up with and the one it fell behind at."""
+    for rate in (1.0, 2.0, 4.0):
+        make_run(tmp_path / "runs", f"v3-r{rate:g}", stage="v3", users=16, rate=rate,
+                 duration=8.0, capacity=40.0)  # fmt: skip
+    built = build_report([tmp_path / "runs"], tmp_path / "report")
+    m = metrics_of(built)
+    accepted = fmt(m["v3-r4"]["throughput"]["accepted_sends_per_s"])
+    expected = f"v3 kept up to 32 sends/s and fell behind at 64 (accepted {accepted}/s)"
+    assert expected in caption(built, "Throughput vs offered load: group")
+    summary = built.summary.read_text(encoding="utf-8")
+    assert f"Scenario group: {expected}." in summary

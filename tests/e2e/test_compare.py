@@ -13,7 +13,7 @@ import pytest
 from imlab_app.compare import plan_cases
 
 
-# Three load levels per stage in --quick: 16 real runs, several minutes on 2 shared cores.
+# Three load levels per stage in --quick: 16 real runs, 4-5 minutes on 2 shared cores.
 @pytest.mark.timeout(1200)
 def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "cmp"

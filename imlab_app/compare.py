@@ -75,7 +75,7 @@ def plan_cases(
     # load are curves; the highest is past where v3 stops keeping up on two shared cores
     # (16 users x 16/s offered 256 sends/s, 196/s accepted), so a knee can show.
     levels = (1.0, 4.0, 16.0) if quick else (1.0, 2.0, 4.0, 8.0, 16.0)
-    fault_rate = 2.0
+    fault_rate = 2.0  # well below every knee: what a fault run shows is the fault's doing
     scenarios = ("group",) if quick else ("group", "dm", "burst")
     cases: list[Case] = []
     for stage in only or stages.names():

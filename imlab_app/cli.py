@@ -33,6 +33,7 @@ _PLUGINS: list[str] = [
     "reports.cli",
     "sim.cli",
     "imlab_app.compare",
+    "imlab_app.tour",
 ]
 
 

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from imlab.chaos import LiveFaults
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
-from imlab.experiment.faults import parse_faults
+from imlab.experiment.faults import RUN_LONG, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
@@ -336,7 +336,7 @@ class LoadRun:
             self.live_faults.manifest_faults() if self.live_faults else []
         )
         for f in self.faults.items:  # run-long faults, applied by the stage or the scenario
-            if f.kind in ("kafka-loss", "churn"):
+            if f.kind in RUN_LONG:
                 faults.append({"kind": f.kind, "target": f.target, "start": self.send_start,
                                "end": self.send_end, "spec": f.spec()})  # fmt: skip
         return {

@@ -124,9 +124,9 @@ V3 = Architecture(
         Edge("k", "sa", "consume the group in order", step=3, bend=-0.25),
         Edge("sa", "r", "store with seq; members' servers", step=4, at=0.62),
         Edge("sa", "a", "push to members here", step=5, bend=0.35),
-        Edge("sa", "p", "{user, message} to B's server", step=5),
-        Edge("p", "sb", "hand-off", step=6),
-        Edge("sb", "b", "push", step=7),
+        Edge("sa", "p", "{user, message} to B's server", step=6),
+        Edge("p", "sb", "hand-off", step=7),
+        Edge("sb", "b", "push", step=8),
         Edge("sb", "r", "login: user → server"),
     ),
     handoff=(

@@ -19,11 +19,16 @@ figure { margin: 24px 0 32px; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { max-width: 920px; margin-top: 6px; }
 figcaption b { display: block; margin-bottom: 2px; }
-table { border-collapse: collapse; font-size: 13px; margin: 12px 0; }
-th, td { padding: 3px 8px; border-bottom: 1px solid #e4e4e4; text-align: right;
+.wide { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; font-size: 12.5px; margin: 12px 0; }
+th, td { padding: 3px 5px; border-bottom: 1px solid #e4e4e4; text-align: right;
          white-space: nowrap; }
-th { background: #f5f5f5; position: sticky; top: 0; }
+th { background: #f5f5f5; position: sticky; top: 0; white-space: normal;
+     vertical-align: bottom; min-width: 3.2em; }
 td.t, th.t { text-align: left; }
+/* The run's folder name breaks at its hyphens, so every number column fits 1280 px. */
+table.main td:first-child { white-space: normal; max-width: 14em; }
+table.main td:first-child code { font-size: 11px; }
 code { font-size: 12px; background: #f4f4f4; padding: 0 3px; border-radius: 3px; }
 .note { color: #8a5a00; background: #fff7e6; padding: 6px 10px; border-radius: 4px; }
 .run { margin: 10px 0 18px; }
@@ -44,7 +49,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Text]], text_cols: int
         for row in rows
     )
     return (
-        f'<table class="main">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+        f'<div class="wide"><table class="main">\n<thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody>\n</table></div>"
     )
 
 
@@ -59,6 +65,10 @@ def figure(fig: Figure) -> str:
 
 def note(n: Note) -> str:
     return f'<p class="note">{to_html(n.text)}</p>'
+
+
+def bullets(items: Sequence[Text]) -> str:
+    return '<ul class="findings">' + "".join(f"<li>{to_html(t)}</li>" for t in items) + "</ul>"
 
 
 def paragraph(text: Text) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 from reports import html
 from reports.figures import FIGURE_BUILDERS, Figure, Item, Note
-from reports.numbers import Calc, Code, Frag, Num, Text, plain, to_html
+from reports.findings import findings
+from reports.numbers import Calc, Code, Frag, Num, Text, fmt, plain, to_html
 from reports.rundata import RunData, load_runs
 
 TITLE = "imlab: the stages compared"
@@ -124,6 +125,8 @@ def _run_detail(r: RunData) -> str:
 
     params: list[Text] = []
     for k, v in r.params.items():
+        if v is None or v == "" or v == {} or v == []:
+            continue  # not set for this run (a group size in a dm run)
         simple = isinstance(v, int | float) and not isinstance(v, bool) and "." not in k
         params.append([f"{k} ", r.num(f"run.params.{k}") if simple else Code(_short(v))])
     faults: list[Text] = []
@@ -169,8 +172,17 @@ def _run_detail(r: RunData) -> str:
 
 
 def _short(v: Any) -> str:
-    text = v if isinstance(v, str) else repr(v)
+    """A parameter as `key=value` text, never a Python repr."""
+    text = _spelled(v)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _spelled(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_spelled(x)}" for k, x in v.items() if x is not None)
+    if isinstance(v, list | tuple):
+        return ", ".join(_spelled(x) for x in v)
+    return fmt(v)
 
 
 def _joined(items: list[Text], sep: str = "; ") -> Text:
@@ -192,14 +204,16 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
     for build in FIGURE_BUILDERS:
         items.extend(build(runs, out))
 
+    found = findings(runs)
     body = [
+        html.section("findings", "Findings", [html.bullets(found)]),
         html.section(
             "table",
             "Main table",
             [html.table([h for h, _c in COLUMNS], table_rows(runs), TEXT_COLUMNS)],
-        )
+        ),
     ]
-    nav = [("table", "Main table")]
+    nav = [("findings", "Findings"), ("table", "Main table")]
     for anchor, title in SECTIONS:
         parts = [
             html.figure(i) if isinstance(i, Figure) else html.note(i)
@@ -232,7 +246,9 @@ def _skipped(skipped: Sequence[Path]) -> Text:
 def summary_markdown(
     runs: Sequence[RunData], items: Sequence[Item], skipped: Sequence[Path]
 ) -> str:
-    lines = [f"# {TITLE}", "", plain(_intro(runs)), "", "## Main table", "", markdown_table(runs)]
+    lines = [f"# {TITLE}", "", plain(_intro(runs)), "", "## Findings", ""]
+    lines += [f"- {plain(t, code='`')}" for t in findings(runs)]
+    lines += ["", "## Main table", "", markdown_table(runs)]
     if skipped:
         lines += ["", plain(_skipped(skipped), code="`")]
     for anchor, title in SECTIONS:

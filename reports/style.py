@@ -4,6 +4,7 @@ style per run kind (real solid, simulated dashed), and how figures are saved."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,8 @@ import matplotlib.pyplot as plt
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from reports.numbers import fmt
 
 # Fixed colours for the stages of the story, so v2 is the same orange everywhere;
 # stages added later take the next free colour of the same palette.
@@ -64,10 +67,22 @@ def plain_log_axis(axis: Axis) -> None:
     as well when the axis spans few decades. Call it after the data is plotted."""
     axis.axes.autoscale_view()
     lo, hi = axis.get_view_interval()
-    narrow = lo > 0 and math.log10(hi / lo) <= 2.5
-    axis.set_major_locator(LogLocator(10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    decades = math.log10(hi / lo) if lo > 0 else 99.0
+    subs: tuple[float, ...] = (1.0,)
+    if decades <= 1.2:  # within about a decade: every digit, or 1, 2, 5 give one tick
+        subs = tuple(float(d) for d in range(1, 10))
+    elif decades <= 3.0:
+        subs = (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(10, subs=subs, numticks=12))
+    # Three significant digits (the report's own `fmt`), so 3.5 never shows as a second 4.
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(float(v))))
     axis.set_minor_formatter(NullFormatter())
+
+
+def suptitle(fig: Figure, text: str) -> None:
+    """A bold figure title, wrapped to the figure's width so it is never clipped."""
+    chars = max(20, int(fig.get_figwidth() * 11))  # bold 10.5 pt: about 11 characters/inch
+    fig.suptitle(textwrap.fill(text, chars), fontweight="bold")
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from imlab import stages
-from imlab.experiment.faults import FaultPlan, parse_faults
+from imlab.experiment.faults import RUN_LONG, FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import Params, load_params
@@ -365,9 +365,13 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     )
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["started_at"] = writer.history.epoch(shift)
+    # Run-long faults (churn, kafka-loss) span the send window, as a real run records them.
+    send_end = writer.history.epoch(model.send_end)
     for f in manifest["faults"]:
         f["start"] = round(f["start"] + shift, 6)
         f["end"] = min(round(f["end"] + shift, 6), writer.history.epoch(drain_end))
+        if f["kind"] in RUN_LONG:
+            f["end"] = min(f["end"], send_end)
     manifest["sim"]["history_events"] = sim_info["history_events"] = recorder.count
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     metrics: dict[str, Any] = {}

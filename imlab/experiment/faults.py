@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import ClassVar
 
 __all__ = [
+    "RUN_LONG",
     "BrokerDown",
     "BrokerKill",
     "Churn",
@@ -142,6 +143,10 @@ class Churn:
 
 
 Fault = RedisOutage | RedisRestart | BrokerDown | BrokerKill | KafkaLoss | Crash | Churn
+
+# Faults that last the whole send window rather than a scheduled window; a run's manifest
+# records them from the send window's start to its end, real and simulated alike.
+RUN_LONG = frozenset({KafkaLoss.kind, Churn.kind})
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from reports.figures.common import (
 )
 from reports.numbers import Text, join
 from reports.rundata import NO_FAULT, RunData
-from reports.style import KIND_HATCH, new_figure, save, stage_color
+from reports.style import KIND_HATCH, new_figure, save, stage_color, suptitle
 
 ANOMALY_PANELS = (
     ("lost", "lost deliveries"),
@@ -88,7 +88,7 @@ def anomalies(runs: Sequence[RunData], out: Path) -> list[Item]:
                 Patch(facecolor="white", edgecolor="#333333", hatch="//", label="simulated")
             )
         fig.legend(handles=handles, loc="outside right upper")
-        fig.suptitle(f"Anomalies per stage and fault, scenario {scenario}", fontweight="bold")
+        suptitle(fig, f"Anomalies per stage and fault, scenario {scenario}")
         file = f"anomalies-{slug(scenario)}.png"
         save(fig, out / file)
         title = f"Loss, duplicates and ordering: {scenario}"

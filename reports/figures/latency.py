@@ -25,7 +25,15 @@ from reports.figures.common import (
 )
 from reports.numbers import Calc, Text, join
 from reports.rundata import NO_FAULT, RunData
-from reports.style import KIND_LINE, new_figure, plain_log_axis, save, stage_color, stage_marker
+from reports.style import (
+    KIND_LINE,
+    new_figure,
+    plain_log_axis,
+    save,
+    stage_color,
+    stage_marker,
+    suptitle,
+)
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
 _CURVE_POINTS = 600
@@ -121,7 +129,7 @@ def latency_cdfs(runs: Sequence[RunData], out: Path) -> list[Item]:
         cdf_axes(ax_cdf, floor, "Distribution (CDF)")
         _tail_axes(ax_tail, floor)
         legend(ax_cdf, stage_names(drawn), (r.kind for r in drawn), loc="lower right")
-        fig.suptitle(f"Push latency, scenario {scenario}, no fault", fontweight="bold")
+        suptitle(fig, f"Push latency, scenario {scenario}, no fault")
         file = f"latency-{slug(scenario)}.png"
         save(fig, out / file)
         caption = _latency_caption(shown, runs)

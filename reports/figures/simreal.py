@@ -13,16 +13,18 @@ from reports.figures.common import Figure, Item, Note, legend, stage_names
 from reports.figures.latency import PERCENTILES, cdf_axes, latency_floor, plot_latency
 from reports.numbers import Calc, Text
 from reports.rundata import NO_FAULT, RunData
-from reports.style import new_figure, plain_log_axis, save, stage_color
+from reports.style import new_figure, plain_log_axis, save, stage_color, suptitle
 
-_NOT_MATCHED = frozenset({"seed", "calibration", "processes"})
+# The parameters that make the workload, and so decide whether two runs are twins; the
+# rest (seed, drain cap, process counts, what the simulator or Locust alone records) do not.
+WORKLOAD = ("users", "rate", "duration", "group_size", "faults", "churn")
 
 
 def matches(sim: RunData, real: RunData) -> bool:
-    """Same stage, scenario and fault, and equal on every parameter both runs record."""
+    """Same stage, scenario and fault, and equal on every workload parameter both record."""
     if (sim.stage, sim.scenario, sim.fault_label) != (real.stage, real.scenario, real.fault_label):
         return False
-    common = (set(sim.params) & set(real.params)) - _NOT_MATCHED
+    common = [k for k in WORKLOAD if k in sim.params and k in real.params]
     return bool(common) and all(sim.params[k] == real.params[k] for k in common)
 
 
@@ -72,7 +74,7 @@ def sim_vs_real(runs: Sequence[RunData], out: Path) -> list[Item]:
     ax_pts.set_title("Percentiles, simulated against real (dotted: 2x off)")
     marks = [Line2D([], [], color="#444444", marker=m, linestyle="") for m in ("o", "s", "^")]
     ax_pts.legend(marks, ["p50", "p90", "p99"], loc="upper left")
-    fig.suptitle("Simulated vs real: same stage, scenario, fault and parameters", fontweight="bold")
+    suptitle(fig, "Simulated vs real: same stage, scenario, fault and parameters")
     file = "sim-vs-real.png"
     save(fig, out / file)
     return [Figure("sim", "Simulated vs real", file, _sim_caption(pairs))]

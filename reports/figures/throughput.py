@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from reports.figures.common import (
     KEEP_UP,
@@ -22,7 +23,15 @@ from reports.figures.common import (
 )
 from reports.numbers import Calc, Num, Text, join
 from reports.rundata import NO_FAULT, RunData, stage_key
-from reports.style import KIND_LINE, new_figure, plain_log_axis, save, stage_color, stage_marker
+from reports.style import (
+    KIND_LINE,
+    new_figure,
+    plain_log_axis,
+    save,
+    stage_color,
+    stage_marker,
+    suptitle,
+)
 
 
 def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
@@ -66,6 +75,10 @@ def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
             ax_tp.plot(xs, [r.value("throughput.accepted_sends_per_s") for r in rs], **style)
             lat = [r.value("latency_ms.push.p99") for r in rs]
             ax_lat.plot(xs, [np.nan if v is None else v for v in lat], **style)
+            knee = next((r for r in rs if not _keeps_up(r)), None)
+            if knee is not None and knee is not rs[0]:
+                _mark_knee(ax_tp, knee, knee.value("throughput.accepted_sends_per_s"), stage)
+                _mark_knee(ax_lat, knee, knee.value("latency_ms.push.p99"), stage)
         ax_tp.set_xlabel("offered load (sends/s: users × rate)")
         ax_tp.set_ylabel("accepted sends/s (acked ok)")
         ax_tp.set_title("Throughput")
@@ -78,14 +91,23 @@ def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
         ax_lat.set_xlim(0, top)
         ax_lat.set_title("p99 push latency")
         legend(ax_tp, stage_names(base), (r.kind for r in base), loc="upper left")
-        fig.suptitle(
-            f"Throughput vs offered load, scenario {scenario}, no fault", fontweight="bold"
-        )
+        suptitle(fig, f"Throughput vs offered load, scenario {scenario}, no fault")
         file = f"throughput-{slug(scenario)}.png"
         save(fig, out / file)
         caption = _throughput_caption([series[k] for k in keys], runs)
         items.append(Figure("throughput", f"Throughput vs offered load: {scenario}", file, caption))
     return items
+
+
+def _mark_knee(ax: Axes, r: RunData, y: float | None, stage: str) -> None:
+    """Ring the first load a stage did not keep up with (after one it did): its knee."""
+    x = r.offered_value()
+    if x is None or y is None:
+        return
+    ax.scatter([x], [y], s=260, facecolors="none", edgecolors=stage_color(stage), linewidths=1.8,
+               zorder=5)  # fmt: skip
+    ax.annotate(f"{who(r)} knee", (x, y), textcoords="offset points", xytext=(8, -14),
+                fontsize=8, color=stage_color(stage))  # fmt: skip
 
 
 def _keeps_up(r: RunData) -> bool:
@@ -100,7 +122,7 @@ def _offered(r: RunData) -> Num | Calc:
     return o
 
 
-def _saturation(rs: list[RunData]) -> Text:
+def saturation(rs: list[RunData]) -> Text:
     """What one stage's series shows: where it stopped keeping up, if it did."""
     name = who(rs[0])
     accepted = "throughput.accepted_sends_per_s"
@@ -137,7 +159,7 @@ def _throughput_caption(series: list[list[RunData]], all_runs: Sequence[RunData]
     if all(len(rs) == 1 for rs in ordered):
         text.append("Each stage ran at one load only, so no saturation point shows. ")
     text += ["Accepting at least nine tenths of the offered sends: "]
-    text += [*join([_saturation(rs) for rs in ordered], sep="; ", last="; "), "."]
+    text += [*join([saturation(rs) for rs in ordered], sep="; ", last="; "), "."]
     tops = [rs[-1] for rs in ordered if rs[-1].value("latency_ms.push.p99") is not None]
     if tops:
         text += [" At each one's highest load, p99 push latency was "]

@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from reports.figures.common import KEEP_UP, Figure, Item, Note, pick, slug, who
 from reports.numbers import Calc, Text, join
 from reports.rundata import RunData
-from reports.style import new_figure, plain_log_axis, save, stage_color
+from reports.style import new_figure, plain_log_axis, save, stage_color, suptitle
 
 _SERIES_ROWS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
     (
@@ -76,9 +76,7 @@ def fault_timeseries(runs: Sequence[RunData], out: Path) -> list[Item]:
                 labels.append("fault window")
             axes[row, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         kind_text = "simulated" if kind == "sim" else "real"
-        fig.suptitle(
-            f"Around the fault: {fault}, scenario {scenario}, {kind_text} runs", fontweight="bold"
-        )
+        suptitle(fig, f"Around the fault: {fault}, scenario {scenario}, {kind_text} runs")
         file = f"timeseries-{slug(scenario, fault, kind)}.png"
         save(fig, out / file)
         title = f"Around the fault: {fault}, {scenario} ({kind_text})"
@@ -128,13 +126,42 @@ def _indices(r: RunData, a: float, b: float) -> list[int]:
     return list(range(max(math.floor(a) - t[0], 0), min(math.ceil(b) - t[0], len(t))))
 
 
+def _sending(r: RunData, a: float, b: float) -> list[int]:
+    """`_indices` of [a, b) cut to the seconds in which sends were attempted: after the
+    send window nothing is sent, and that drop is not the fault's doing."""
+    sends = r.metrics["series"].get("sends") or []
+    return [k for k in _indices(r, a, b) if k < len(sends) and (sends[k] or 0) > 0]
+
+
+def _accepted(r: RunData, win: list[int]) -> Text:
+    """What accepted sends/s did in the window's sending seconds, against the second before."""
+    ok = r.metrics["series"]["acked_ok"]
+    low = min(win, key=lambda k: (ok[k], k))
+    high = max(win, key=lambda k: (ok[k], -k))
+    prev = win[0] - 1
+    ok_low: Text = [r.num(f"series.acked_ok[{low}]"), "/s"]
+    ranged: Text = ["; accepted sends ranged from ", *ok_low, " to ",
+                    r.num(f"series.acked_ok[{high}]"), "/s"]  # fmt: skip
+    if prev < 0:
+        return [*ranged, " (the window opens with the run: no second before it)"]
+    if not ok[prev]:
+        if not ok[high]:
+            return ["; no send was accepted in the window, nor in the second before it"]
+        return [*ranged, " (none the second before)"]
+    before: Text = [r.num(f"series.acked_ok[{prev}]"), "/s the second before"]
+    if ok[low] >= KEEP_UP * ok[prev]:
+        return ["; accepted sends held at ", *ok_low, " or more (", *before, ")"]
+    return ["; accepted sends fell to ", *ok_low, " in second ", r.num(f"series.t[{low}]"),
+            " (from ", *before, ")"]  # fmt: skip
+
+
 def _series_caption(rs: list[RunData]) -> Text:
     text: Text = []
     peaks: list[Text] = []
     for r in rs:
         i, f = r.windows()[0]
         a, b = _window(r, f)
-        win = _indices(r, a, b)
+        win = _sending(r, a, b)
         s = r.metrics["series"]
         text += [f"{who(r)}: {f.get('kind')} from ", r.num(f"faults[{i}].start_rel"), " s"]
         if f.get("end_rel") is not None:
@@ -142,26 +169,7 @@ def _series_caption(rs: list[RunData]) -> Text:
         else:
             text += [" to the end"]
         if win:
-            ok = s["acked_ok"]
-            low = min(win, key=lambda k: (ok[k], k))
-            prev = win[0] - 1
-            if prev >= 0 and ok[low] >= KEEP_UP * ok[prev]:
-                text += [
-                    "; accepted sends held at ",
-                    r.num(f"series.acked_ok[{low}]"),
-                    "/s or more (",
-                    r.num(f"series.acked_ok[{prev}]"),
-                    "/s the second before)",
-                ]
-            else:
-                text += [
-                    "; accepted sends fell to ",
-                    r.num(f"series.acked_ok[{low}]"),
-                    "/s in second ",
-                    r.num(f"series.t[{low}]"),
-                ]
-                if prev >= 0:
-                    text += [" (from ", r.num(f"series.acked_ok[{prev}]"), "/s the second before)"]
+            text += _accepted(r, win)
             errors = Calc("sum", tuple(r.num(f"series.acked_error[{k}]") for k in win))
             if errors.value:
                 text += [", and ", errors, " acks in the window were errors"]

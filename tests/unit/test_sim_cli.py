@@ -24,6 +24,9 @@ def test_imlab_sim_writes_a_judged_run_folder(
     assert manifest["stage"] == "v4" and manifest["kind"] == "sim"
     assert manifest["params"]["nodes"] == 3 and manifest["params"]["workers"] == 2
     assert manifest["faults"][0]["kind"] == "kafka-loss"
+    # A run-long fault spans the send window, as a real run records it, not the drain.
+    assert manifest["faults"][0]["start"] == manifest["started_at"]
+    assert manifest["faults"][0]["end"] == manifest["ended_at"] < manifest["drain_end"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sends"]["attempted"] == 32 * 5
     assert metrics["sim"]["wall_seconds"] > 0 and metrics["sim"]["events_per_s"] > 0

@@ -1,0 +1,28 @@
+"""`imlab tour v3 --no-pause`: the class demonstration runs to the end unattended, on a
+real v3 (Redis, Apache Kafka, three servers), and its output shows the lesson: members
+on different servers, a server killed, its client reconnecting elsewhere and syncing."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_tour_v3_runs_unattended_and_shows_the_reconnect_and_the_sync() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imlab_app.cli", "tour", "v3", "--no-pause"],
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "end of the tour" in out
+    assert "seed section 四" in out
+    nodes = set(re.findall(r"\] connected to (server-\d)", out))
+    assert len(nodes) == 3, f"the members sit on three servers: {nodes}\n{out}"
+    killed = re.search(r"step \d+: (server-\d) \(bob's server\) is killed", out)
+    assert killed, out
+    moved = re.search(r"\[bob\d*\] reconnected to (server-\d)", out)
+    assert moved and moved.group(1) != killed.group(1), out
+    assert re.search(r"\[bob\d*\] caught up [1-9]\d* message\(s\) of group:\S+ by sync", out), out
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -181,7 +181,7 @@ class KafkaNode(Service):
         """Start formatting the storage (None when a restart finds it formatted)."""
         if (self.datadir / "data" / "meta.properties").exists():
             return None
-        cmd = [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        cmd = [*self._java(), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                "-c", str(self.config_path), "--ignore-formatted"]  # fmt: skip
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -19,7 +20,16 @@ SEND = "send"
 CREATE_GROUP = "create_group"
 LATEST = "latest"
 SYNC = "sync"
-CLIENT_EVENTS = (HELLO, SEND, CREATE_GROUP, LATEST, SYNC)
+CLIENT_EVENTS = (HELLO, SEND, CREATE_GROUP, LATEST, SYNC)  # what every stage answers
+# Events of the features "authz" and "receipts" (a stage that lacks the feature answers
+# `unsupported`, like any unknown event).
+REFRESH = "refresh"
+RECEIPT = "receipt"
+GROUP_ADD = "group_add"
+GROUP_REMOVE = "group_remove"
+GROUP_LEAVE = "group_leave"
+EXTENDED_CLIENT_EVENTS = (REFRESH, RECEIPT, GROUP_ADD, GROUP_REMOVE, GROUP_LEAVE)
+ALL_CLIENT_EVENTS = CLIENT_EVENTS + EXTENDED_CLIENT_EVENTS
 # Names Socket.IO (server or client libraries) uses for its own hooks: a client that emits
 # one is refused with `bad_request` and its session is left as it was.
 RESERVED_EVENTS = frozenset(
@@ -30,6 +40,7 @@ RESERVED_EVENTS = frozenset(
 # Server -> client events.
 MESSAGE = "message"
 GROUP_CREATED = "group_created"
+GROUP_CHANGED = "group_changed"  # {group, added, removed, by} to the members, old and new
 # Sent just before the server closes a connection: `{"code", "message"}` says why
 # (`bad_request`: a packet that could not be decoded; `unauthorized`: the token expired).
 ERROR = "error"
@@ -39,6 +50,13 @@ FEATURE_DM = "dm"
 FEATURE_GROUPS = "groups"
 FEATURE_HISTORY = "history"
 FEATURE_TOKEN_AUTH = "token_auth"
+FEATURE_AUTHZ = "authz"  # refresh, group admin (add/remove by the creator), leave, rate limits
+FEATURE_RECEIPTS = "receipts"  # the client acknowledges what it holds with `receipt`
+# The client events a feature adds to the base five.
+FEATURE_EVENTS: dict[str, tuple[str, ...]] = {
+    FEATURE_AUTHZ: (REFRESH, GROUP_ADD, GROUP_REMOVE, GROUP_LEAVE),
+    FEATURE_RECEIPTS: (RECEIPT,),
+}
 
 MAX_BODY_BYTES = 4096
 MAX_GROUP_MEMBERS = 1000
@@ -46,6 +64,7 @@ MAX_GROUP_NAME = 100
 MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
 MAX_CLIENT_MSG_ID = 128
+MAX_SEQ = 2**62
 
 # Matched with `fullmatch`: `$` would also accept a trailing newline ("alice\n").
 _USER_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -76,6 +95,20 @@ class ProtocolError(Exception):
 
     def ack(self) -> dict[str, Any]:
         return error_ack(self.code, self.message)
+
+
+class RateLimited(ProtocolError):
+    """Too many requests: the error ack carries `retry_after`, the seconds after which
+    the same request would be allowed (`imlab.ratelimit` computes it)."""
+
+    def __init__(self, retry_after: float, message: str = "too many requests") -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message)
+        self.retry_after = max(0.0, float(retry_after)) if math.isfinite(retry_after) else 0.0
+
+    def ack(self) -> dict[str, Any]:
+        ack = super().ack()
+        ack["error"]["retry_after"] = round(self.retry_after, 3)
+        return ack
 
 
 def ok_ack(**fields: Any) -> dict[str, Any]:
@@ -267,9 +300,62 @@ class SyncRequest:
 def parse_sync(payload: object) -> SyncRequest:
     p = _require_dict(payload)
     conv = parse_conv(p.get("conv"))
-    after = _int_field(p.get("after_seq", 0), "after_seq", 0, 2**62)
+    after = _int_field(p.get("after_seq", 0), "after_seq", 0, MAX_SEQ)
     limit = _int_field(p.get("limit", DEFAULT_SYNC_LIMIT), "limit", 1, MAX_SYNC_LIMIT)
     return SyncRequest(conv=conv, after_seq=after, limit=limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRequest:
+    """`receipt`: the client holds every message of `conv` up to `seq` (cumulative)."""
+
+    conv: Conv
+    seq: int
+
+
+def parse_receipt(payload: object) -> ReceiptRequest:
+    p = _require_dict(payload)
+    conv = parse_conv(p.get("conv"))
+    seq = _int_field(p.get("seq"), "seq", 1, MAX_SEQ)
+    return ReceiptRequest(conv=conv, seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChangeRequest:
+    """`group_add` / `group_remove`: members sorted and unique (the caller may be one)."""
+
+    group: str
+    members: tuple[str, ...]
+
+    @property
+    def conv(self) -> str:
+        return group_conv(self.group)
+
+
+def parse_group_change(payload: object) -> GroupChangeRequest:
+    p = _require_dict(payload)
+    group = check_group_id(p.get("group"))
+    members = p.get("members")
+    if not isinstance(members, list) or not members:
+        raise bad("members must be a non-empty list of user ids")
+    if len(members) > MAX_GROUP_MEMBERS:
+        raise bad(f"at most {MAX_GROUP_MEMBERS} members at a time")
+    unique = {check_user_id(m, "members[]") for m in members}
+    return GroupChangeRequest(group=group, members=tuple(sorted(unique)))
+
+
+def parse_group_leave(payload: object) -> str:
+    """`group_leave`: the group id."""
+    return check_group_id(_require_dict(payload).get("group"))
+
+
+def group_changed(
+    group: str, *, added: Iterable[str] = (), removed: Iterable[str] = (), by: str
+) -> dict[str, Any]:
+    """The `group_changed` push: who joined and who left `group`, and who did it (a
+    member who left by themselves is `by` and in `removed`)."""
+    return {"group": group, "conv": group_conv(group), "added": sorted(set(added)),
+            "removed": sorted(set(removed)), "by": by}  # fmt: skip
 
 
 def parse_empty(payload: object) -> None:

@@ -138,17 +138,26 @@ class StageServer:
 
     # ------------------------------------------------------------ plumbing
 
-    def _register(self) -> None:
-        self.sio.on("connect", self._connect)
-        self.sio.on("disconnect", self._disconnect)
-        handlers: dict[str, Handler] = {
+    def handlers(self) -> dict[str, Handler]:
+        """The client events this server answers, and their handlers `(user, data) -> ack`.
+
+        A stage that adds events (`refresh`, `receipt`, ...) overrides this and extends
+        `super().handlers()`; each handler runs guarded (login checked, errors turned into
+        error acks, a raised `ProtocolError` into its own ack). Events not listed answer
+        `unsupported`. Called once, from the constructor."""
+        return {
             p.HELLO: self._hello,
             p.SEND: self._send,
             p.CREATE_GROUP: self._create_group,
             p.LATEST: self._latest,
             p.SYNC: self._sync,
         }
-        for event, handler in handlers.items():
+
+    def _register(self) -> None:
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        for event, handler in self.handlers().items():
+            p.check_event_name(event)
             self.sio.on(event, self._guarded(event, handler))
         self.sio.on("*", self._unknown)
 

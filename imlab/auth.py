@@ -5,7 +5,8 @@ A token is a JWT signed with HS256 under a shared secret: `sub` is the user id,
 `jti` names it uniquely. `verify_token` says exactly why a token is refused. This is
 identity only: nothing here decides what a user may do, and nothing can revoke a token
 before it expires (the seed's open problem (a); `jti` is there so a later stage can keep
-a revocation list).
+a revocation list). `refresh_token` trades a live identity for a new token (new `jti`)
+for the same user, so a stage can keep tokens short-lived (`SHORT_TTL`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ SECRET_ENV = "IMLAB_SECRET"
 DEFAULT_TTL = 3600.0
 MAX_LIFETIME = 24 * 3600.0  # the default for `verify_token`; a stage may set its own
 MAX_TOKEN_ID = 128
+# A stage that lets clients refresh their tokens can keep them short-lived: a stolen
+# token is then good for minutes. These are the suggested defaults for such a stage.
+SHORT_TTL = 300.0
+SHORT_MAX_LIFETIME = 900.0
 _REQUIRED = ["sub", "iat", "exp", "jti"]
 # PyJWT would accept a numeric string (or a float, or a 4,000-digit integer) as a time;
 # the times are checked here instead, as integers.
@@ -65,19 +70,52 @@ def secret_from_env(explicit: str | None = None) -> str:
     return secret
 
 
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A new token and what it proves (what `verify_token` would return for it)."""
+
+    token: str
+    identity: Identity
+
+
+def issue(user: str, secret: str, ttl: float = DEFAULT_TTL, *, now: float | None = None) -> Issued:
+    """A token for `user`, valid for `ttl` seconds from `now` (default: the clock), with
+    a new `jti`."""
+    check_user_id(user)
+    at = time.time() if now is None else now
+    issued, expires = int(at), int(at + ttl)
+    jti = uuid.uuid4().hex
+    claims = {"sub": user, "iat": issued, "exp": expires, "jti": jti}
+    token = jwt.encode(claims, check_secret(secret), algorithm=ALGORITHM)
+    return Issued(token, Identity(user, float(issued), float(expires), jti))
+
+
 def issue_token(
     user: str, secret: str, ttl: float = DEFAULT_TTL, *, now: float | None = None
 ) -> str:
     """A token for `user`, valid for `ttl` seconds from `now` (default: the clock)."""
-    check_user_id(user)
-    issued = time.time() if now is None else now
-    claims = {
-        "sub": user,
-        "iat": int(issued),
-        "exp": int(issued + ttl),
-        "jti": uuid.uuid4().hex,
-    }
-    return jwt.encode(claims, check_secret(secret), algorithm=ALGORITHM)
+    return issue(user, secret, ttl, now=now).token
+
+
+def refresh_token(
+    identity: Identity,
+    secret: str,
+    ttl: float = SHORT_TTL,
+    *,
+    now: float | None = None,
+    max_lifetime: float = SHORT_MAX_LIFETIME,
+) -> Issued:
+    """A new token for the user `identity` (a verified token) proves, with a new `jti`,
+    valid for `ttl` seconds from `now`. Only a live identity is refreshed: one that has
+    expired at `now` raises AuthError (the client must log in again), so a refresh
+    never extends a token that could no longer connect. `ttl` must be at least a
+    second and at most `max_lifetime` (the lifetime the verifying stage accepts)."""
+    at = time.time() if now is None else now
+    if not 1 <= ttl <= max_lifetime:
+        raise ValueError(f"ttl must be within [1, {max_lifetime:g}] seconds, not {ttl!r}")
+    if identity.expires_at <= at:
+        raise AuthError("token expired")
+    return issue(identity.user, secret, ttl, now=at)
 
 
 def verify_token(

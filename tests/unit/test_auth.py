@@ -106,3 +106,31 @@ def test_a_token_stops_proving_anything_when_it_expires() -> None:
     assert auth.verify_token(token, SECRET, now=1_000_059.0).user == "alice"
     with pytest.raises(auth.AuthError, match="token expired"):
         auth.verify_token(token, SECRET, now=1_000_060.0)
+
+
+def test_refresh_gives_the_same_user_a_new_token_id_and_a_new_life() -> None:
+    now = float(int(time.time()))
+    old = auth.verify_token(auth.issue_token("alice", SECRET, ttl=60, now=now - 30), SECRET)
+    new = auth.refresh_token(old, SECRET, ttl=auth.SHORT_TTL, now=now)
+    ident = auth.verify_token(new.token, SECRET, max_lifetime=auth.SHORT_MAX_LIFETIME)
+    assert ident == new.identity
+    assert ident.user == "alice" and ident.token_id != old.token_id
+    assert (ident.issued_at, ident.expires_at) == (now, now + auth.SHORT_TTL)
+
+
+def test_refresh_refuses_an_expired_identity_and_a_life_beyond_the_limit() -> None:
+    ident = auth.verify_token(auth.issue_token("alice", SECRET, ttl=60, now=1000.0), SECRET,
+                              now=1010.0)  # fmt: skip
+    with pytest.raises(auth.AuthError, match="expired"):
+        auth.refresh_token(ident, SECRET, now=1060.0)
+    for ttl in (0.5, auth.SHORT_MAX_LIFETIME + 1):
+        with pytest.raises(ValueError):
+            auth.refresh_token(ident, SECRET, ttl=ttl, now=1010.0)
+    assert auth.SHORT_TTL <= auth.SHORT_MAX_LIFETIME < auth.MAX_LIFETIME
+
+
+def test_a_short_lived_stage_refuses_a_long_token() -> None:
+    now = float(int(time.time()))
+    token = auth.issue_token("alice", SECRET, ttl=auth.SHORT_MAX_LIFETIME + 1, now=now)
+    with pytest.raises(auth.AuthError, match="lifetime"):
+        auth.verify_token(token, SECRET, max_lifetime=auth.SHORT_MAX_LIFETIME, now=now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -37,6 +38,12 @@ Handler = Callable[[str, Any], Awaitable[dict[str, Any]]]
 
 MAX_ECHOED_NAME = 64  # of an unknown event's name, in the `unsupported` message
 
+# The session a handler is answering (handlers get the user, not the sid): set around
+# every guarded handler, for the few that act on their own connection (`refresh`).
+current_sid: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "imlab_current_sid", default=None
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Login:
@@ -44,6 +51,7 @@ class Login:
 
     user: str
     expires_at: float | None = None
+    token_id: str | None = None  # the token's `jti`, when the login came from a token
 
 
 class StageServer:
@@ -74,6 +82,7 @@ class StageServer:
         self.app.on_startup.append(self._on_startup)
         self.app.on_cleanup.append(self._on_cleanup)
         self.sessions: dict[str, str] = {}  # sid -> user
+        self.logins: dict[str, Login] = {}  # sid -> what its login proved (and until when)
         self.local: dict[str, set[str]] = {}  # user -> sids on this node
         self.expiry: dict[str, tuple[float, asyncio.TimerHandle]] = {}  # sid -> when, timer
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,6 +181,7 @@ class StageServer:
                 return self._fail(event, ProtocolError(ErrorCode.UNAUTHORIZED, "login expired"))
             if extra:
                 return self._fail(event, p.bad(f"{event} takes one payload object"))
+            token = current_sid.set(sid)
             try:
                 return await handler(user, data)
             except ProtocolError as exc:
@@ -183,6 +193,8 @@ class StageServer:
             except Exception:
                 limited.error("handler failed", "%s from %s", event, user, exc_info=True)
                 return self._fail(event, ProtocolError(ErrorCode.INTERNAL, "internal error"))
+            finally:
+                current_sid.reset(token)
 
         return run
 
@@ -213,6 +225,7 @@ class StageServer:
         if login.expires_at is not None:
             self._expire_at(sid, login.expires_at)
         self.sessions[sid] = user
+        self.logins[sid] = login
         self.local.setdefault(user, set()).add(sid)
         self.metrics.inc("connects")
         try:
@@ -234,6 +247,18 @@ class StageServer:
         delay = max(0.0, when - time.time())
         timer = loop.call_later(delay, self._close_soon, sid, "login expired")
         self.expiry[sid] = (when, timer)
+
+    def renew_login(self, sid: str, login: Login) -> None:
+        """Replace the login of the open session `sid` (same user; a refreshed token):
+        it now expires when `login` does, and no longer when the old one did."""
+        if self.sessions.get(sid) != login.user:
+            raise ValueError(f"session {sid} is not a session of {login.user}")
+        entry = self.expiry.pop(sid, None)
+        if entry is not None:
+            entry[1].cancel()
+        if login.expires_at is not None:
+            self._expire_at(sid, login.expires_at)
+        self.logins[sid] = login
 
     def _expired(self, sid: str) -> bool:
         entry = self.expiry.get(sid)
@@ -261,6 +286,7 @@ class StageServer:
         entry = self.expiry.pop(sid, None)
         if entry is not None:
             entry[1].cancel()
+        self.logins.pop(sid, None)
         user = self.sessions.pop(sid, None)
         if user is None:
             return

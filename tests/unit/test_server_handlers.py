@@ -3,10 +3,13 @@ it returns is registered (everything else answers `unsupported`)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
+
 from imlab import protocol as p
-from imlab.server import Handler, StageServer
+from imlab.server import Handler, Login, StageServer, current_sid
 
 
 class Extended(StageServer):
@@ -41,3 +44,31 @@ async def test_a_stage_adds_events_that_run_guarded() -> None:
     server.sessions["sid2"] = "slow"
     error = (await run("sid2", None))["error"]
     assert (error["code"], error["retry_after"]) == ("rate_limited", 1.5)
+
+
+class Renewing(StageServer):
+    stage = "test"
+
+    def handlers(self) -> dict[str, Handler]:
+        return {**super().handlers(), p.REFRESH: self._refresh}
+
+    async def _refresh(self, user: str, data: Any) -> dict[str, Any]:
+        sid = current_sid.get()
+        assert sid is not None
+        self.renew_login(sid, Login(user, time.time() + 300, "jti-2"))
+        return p.ok_ack()
+
+
+async def test_a_handler_knows_its_session_and_can_renew_its_login() -> None:
+    server = Renewing("n1")
+    await server._connect("sid1", {}, {"user": "alice"})
+    assert server.logins["sid1"] == Login("alice")
+    server._expire_at("sid1", time.time() + 5)
+    assert (await server.sio.handlers["/"][p.REFRESH]("sid1", {}))["ok"]
+    assert current_sid.get() is None
+    assert server.logins["sid1"].token_id == "jti-2"
+    assert server.expiry["sid1"][0] > time.time() + 200
+    with pytest.raises(ValueError):
+        server.renew_login("sid1", Login("mallory", None))
+    await server._disconnect("sid1")
+    assert not server.logins and not server.expiry

@@ -14,6 +14,7 @@ Every event has `t` (epoch seconds) and `ev`. The fields of each kind:
 | `disconnect` | user | reason, node |
 | `sync` | user, conv, after_seq, n, latest_seq | ok, err, node |
 | `group` | user, conv, members | node |
+| `group_change` | user, conv, added, removed, by | node |
 | `fault` | kind, target, start, end | verified, detail |
 """
 
@@ -28,6 +29,7 @@ CONNECT: Final = "connect"
 DISCONNECT: Final = "disconnect"
 SYNC: Final = "sync"
 GROUP: Final = "group"
+GROUP_CHANGE: Final = "group_change"
 FAULT: Final = "fault"
 
 VIA_PUSH: Final = "push"
@@ -45,6 +47,7 @@ FIELDS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
         frozenset({"ok", "err", "node"}),
     ),
     GROUP: (frozenset({"user", "conv", "members"}), frozenset({"node"})),
+    GROUP_CHANGE: (frozenset({"user", "conv", "added", "removed", "by"}), frozenset({"node"})),
     FAULT: (
         frozenset({"kind", "target", "start", "end"}),
         frozenset({"verified", "detail"}),
@@ -70,6 +73,9 @@ class Event(TypedDict, total=False):
     reason: str | None
     intended: float
     members: list[str]
+    added: list[str]
+    removed: list[str]
+    by: str
     after_seq: int
     n: int
     latest_seq: int | None

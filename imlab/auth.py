@@ -118,6 +118,21 @@ def refresh_token(
     return issue(identity.user, secret, ttl, now=at)
 
 
+def unverified_expiry(token: object) -> float | None:
+    """When `token` says it expires (`exp`), read WITHOUT checking its signature: for a
+    client planning its refresh, never for a decision about trust. None if unreadable."""
+    if not isinstance(token, str):
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp)
+
+
 def verify_token(
     token: object,
     secret: str,

@@ -20,6 +20,7 @@ from imlab.client.core import (
     Dial,
     R,
     Request,
+    SendReceipt,
     Steps,
     checked_ack,
 )
@@ -38,7 +39,13 @@ class AsyncChatClient(Transport):
 
     A push that arrives ahead of a gap is held; `gap_sync_delay` seconds later the
     gap is repaired with `sync` (never, when negative).
+
+    With `refresh_before` (seconds) and a token, on a stage of feature "authz" the
+    client refreshes its token that long before it expires (again after a failure,
+    every `REFRESH_RETRY` seconds while the token lives; `refresh_failures` counts).
     """
+
+    REFRESH_RETRY = 2.0
 
     def __init__(
         self,
@@ -47,10 +54,14 @@ class AsyncChatClient(Transport):
         *,
         reconnect: bool = True,
         gap_sync_delay: float = 0.5,
+        refresh_before: float | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(user, urls, reconnect=reconnect, **kw)
         self.gap_sync_delay = gap_sync_delay
+        self.refresh_before = refresh_before
+        self.refresh_failures = 0
+        self._refresher: asyncio.Task[None] | None = None
         self.sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[asyncio.Future[Any]] = set()
@@ -65,6 +76,7 @@ class AsyncChatClient(Transport):
         """Connect to the first endpoint that accepts, then catch up."""
         await self._run(self.core.connect(timeout))
         self.connected.set()
+        self._start_refresher()
         await self.catch_up()
 
     async def _on_disconnect(self, *reason: Any) -> None:
@@ -184,11 +196,71 @@ class AsyncChatClient(Transport):
     async def create_group(self, members: Sequence[str], name: str = "") -> dict[str, Any]:
         return await self._run(self.core.create_group(members, name))
 
+    async def refresh(self) -> dict[str, Any]:
+        """A new token for later (re)connects (feature "authz"); returns the ack."""
+        return await self._run(self.core.refresh())
+
+    async def group_add(self, group: str, members: Sequence[str]) -> dict[str, Any]:
+        return await self._run(self.core.group_add(group, members))
+
+    async def group_remove(self, group: str, members: Sequence[str]) -> dict[str, Any]:
+        return await self._run(self.core.group_remove(group, members))
+
+    async def group_leave(self, group: str) -> dict[str, Any]:
+        return await self._run(self.core.group_leave(group))
+
     async def latest(self) -> dict[str, Any]:
         return await self._run(self.core.latest())
 
     async def sync(self, conv: str, after_seq: int = 0, limit: int = SYNC_PAGE) -> dict[str, Any]:
         return await self._run(self.core.sync(conv, after_seq, limit))
+
+    # --- receipts and refresh, in the background
+
+    def _send_receipt(self, receipt: SendReceipt) -> None:
+        self._spawn(self._receipt(receipt))
+
+    async def _receipt(self, receipt: SendReceipt) -> None:
+        request = receipt.request
+        try:
+            ack: Any = await self.call(request.event, request.data)
+        except ClientError as exc:
+            log.debug("%s: receipt %s failed: %s", self.user, request.data, exc)
+            ack = None
+        self.core.receipt_done(receipt.conv, receipt.seq, ack)
+
+    def _start_refresher(self) -> None:
+        if self.refresh_before is None or self.core.token is None:
+            return
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.ensure_future(self._refresh_loop())
+            self._tasks.add(self._refresher)
+            self._refresher.add_done_callback(self._tasks.discard)
+
+    async def _refresh_loop(self) -> None:
+        assert self.refresh_before is not None
+        while not self._closing and p.FEATURE_AUTHZ in self.features:
+            expires = self.core.token_expires_at
+            if expires is None:
+                return
+            now = time.time()
+            if now >= expires:
+                return  # too late: the next connect is refused and says so
+            due = expires - self.refresh_before
+            if now < due:
+                await asyncio.sleep(due - now)  # then look again: a manual refresh moves it
+                continue
+            await self.connected.wait()
+            try:
+                ack = await self.refresh()
+            except ClientError as exc:
+                log.debug("%s: token refresh failed: %s", self.user, exc)
+                ack = {}
+            if not ack.get("ok"):
+                self.refresh_failures += 1
+            later = self.core.token_expires_at
+            if not ack.get("ok") or later is None or later - self.refresh_before <= time.time():
+                await asyncio.sleep(self.REFRESH_RETRY)  # no busy loop on a short new life
 
     # --- inbound
 

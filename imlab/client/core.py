@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from imlab import protocol as p
+from imlab.auth import unverified_expiry
 from imlab.client.inbox import Inbox
 from imlab.experiment import history as H
 from imlab.protocol import ErrorCode, Message
@@ -89,6 +90,26 @@ class GroupJoined:
 
 
 @dataclass(frozen=True)
+class GroupChanged:
+    """The server says a group's members changed (`group_changed`: group, added, removed, by)."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """Emit `receipt` {conv, seq} without waiting for it: the transport reports the ack
+    (or its absence) to `ClientCore.receipt_done`."""
+
+    conv: str
+    seq: int
+
+    @property
+    def request(self) -> Request:
+        return Request(p.RECEIPT, {"conv": self.conv, "seq": self.seq})
+
+
+@dataclass(frozen=True)
 class Connected:
     """Connected and introduced (after `hello`, before the catch-up)."""
 
@@ -114,7 +135,10 @@ class CaughtUp:
     after: int
 
 
-Effect = Record | Delivered | GroupJoined | Connected | Disconnected | CaughtUp
+Effect = (
+    Record | Delivered | GroupJoined | GroupChanged | SendReceipt | Connected | Disconnected
+    | CaughtUp
+)  # fmt: skip
 Step = Dial | Request | Effect
 R = TypeVar("R")
 Steps = Generator[Step, Answer | None, R]
@@ -153,13 +177,20 @@ class ClientCore:
     """One user's client state: the max seq per conversation and the messages delivered
     in seq order (`Inbox`), groups, what the stage said in `hello`, and the seed's
     catch-up rule on every (re)connect: ask `latest` for y, and when the local max seq
-    x < y, `sync` after x."""
+    x < y, `sync` after x.
+
+    With a stage of feature "receipts", it acknowledges what it holds: after a pushed
+    message (and after a catch-up) it asks for `receipt` {conv, seq} with seq the highest
+    contiguous one it holds, when that grew since the last receipt; a receipt that
+    failed is sent again with the next one's seq. A message pushed twice (or pushed and
+    synced) reaches the application once: the `Inbox` delivers each (conv, seq) once."""
 
     def __init__(self, user: str, urls: str | Sequence[str], *, token: str | None = None) -> None:
         self.user = user
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.endpoints = ordered_endpoints(self.urls, user)
         self.token = token
+        self.token_expires_at = unverified_expiry(token)  # for planning a refresh only
         self.connects = 0
         self.inbox = Inbox()
         self.received: dict[str, list[Message]] = {}
@@ -172,6 +203,11 @@ class ClientCore:
         self.refusal: dict[str, str] | None = None  # why the last connect was refused
         self.closing_error: dict[str, str] | None = None  # the server's `error` before it closed
         self.malformed = 0  # messages dropped because they could not be read
+        self.receipted: dict[str, int] = {}  # conv -> seq of the last receipt asked for
+        self.receipts_acked: dict[str, int] = {}  # conv -> highest seq acked ok
+        self.receipts_sent = 0
+        self.receipts_ok = 0
+        self.receipt_failures = 0  # error acks, no ack, connection gone
         self._ids = itertools.count(1)
         self._id_prefix = f"{user}-{uuid.uuid4().hex[:8]}"
 
@@ -295,6 +331,47 @@ class ClientCore:
             )
         return ack
 
+    def refresh(self) -> Steps[dict[str, Any]]:
+        """Trade the token for a new one (feature "authz"); the new one is used for
+        every later (re)connect. Returns the ack ({ok, token, expires_at})."""
+        ack = (yield from _ask(p.REFRESH, {})).ack
+        token = ack.get("token")
+        if ack.get("ok") and isinstance(token, str) and token:
+            self.token = token
+            expires = ack.get("expires_at")
+            if isinstance(expires, int | float) and not isinstance(expires, bool):
+                self.token_expires_at = float(expires)
+            else:
+                self.token_expires_at = unverified_expiry(token)
+        return ack
+
+    def group_add(self, group: str, members: Sequence[str]) -> Steps[dict[str, Any]]:
+        """Add members to a group (its creator only); the ack lists the members now."""
+        return (yield from self._group_members(p.GROUP_ADD, group, members))
+
+    def group_remove(self, group: str, members: Sequence[str]) -> Steps[dict[str, Any]]:
+        """Remove members from a group (its creator only)."""
+        return (yield from self._group_members(p.GROUP_REMOVE, group, members))
+
+    def _group_members(
+        self, event: str, group: str, members: Sequence[str]
+    ) -> Steps[dict[str, Any]]:
+        ack = (yield from _ask(event, {"group": group, "members": list(members)})).ack
+        now = ack.get("members")
+        if ack.get("ok") and isinstance(now, list):
+            if self.user in now:
+                self.groups[group] = [str(m) for m in now]
+            else:
+                self.groups.pop(group, None)
+        return ack
+
+    def group_leave(self, group: str) -> Steps[dict[str, Any]]:
+        """Leave a group."""
+        ack = (yield from _ask(p.GROUP_LEAVE, {"group": group})).ack
+        if ack.get("ok"):
+            self.groups.pop(group, None)
+        return ack
+
     def latest(self) -> Steps[dict[str, Any]]:
         return (yield from _ask(p.LATEST, {})).ack
 
@@ -341,6 +418,9 @@ class ClientCore:
                 latest = int(ack.get("latest_seq") or 0)
                 if not messages or not ack.get("has_more"):
                     break
+            due = self.receipt_due(conv)
+            if due is not None:
+                yield due
             yield CaughtUp(conv, recovered, start)
 
     # --- inbound
@@ -359,10 +439,70 @@ class ClientCore:
             self.received_via[path] += 1
             fields = {"conv": m.conv, "msg": m.client_msg_id, "seq": m.seq, "sender": m.sender}
             effects += [self.record(H.RECV, now, **fields, via=path), Delivered(m, path)]
+        if via == H.VIA_PUSH and msg.seq is not None:
+            due = self.receipt_due(msg.conv)
+            if due is not None:
+                effects.append(due)
         return effects
+
+    # --- receipts
+
+    def receipt_due(self, conv: str) -> SendReceipt | None:
+        """The receipt to send for `conv` now, if the stage takes receipts and the highest
+        contiguous seq held grew since the last one asked for (which counts as sent)."""
+        if p.FEATURE_RECEIPTS not in self.features:
+            return None
+        seq = self.inbox.max_seq.get(conv, 0)
+        if seq <= self.receipted.get(conv, 0):
+            return None
+        self.receipted[conv] = seq
+        self.receipts_sent += 1
+        return SendReceipt(conv, seq)
+
+    def receipt_done(self, conv: str, seq: int, ack: Any) -> None:
+        """The outcome of a receipt: its ack, or None when none came. After a failure the
+        next receipt for `conv` is due again from what was acked."""
+        if isinstance(ack, dict) and ack.get("ok") is True:
+            self.receipts_ok += 1
+            self.receipts_acked[conv] = max(seq, self.receipts_acked.get(conv, 0))
+            return
+        self.receipt_failures += 1
+        if self.receipted.get(conv) == seq:
+            self.receipted[conv] = self.receipts_acked.get(conv, 0)
 
     def group_created(self, data: Any) -> list[Effect]:
         if isinstance(data, dict) and isinstance(data.get("group_id"), str):
             self.groups[data["group_id"]] = list(data.get("members") or [])
             return [GroupJoined(data)]
         return []
+
+    def group_changed(self, data: Any, now: float) -> list[Effect]:
+        """The `group_changed` push: update the members known, record a `group_change`.
+        A malformed one is dropped (and counted in `malformed`)."""
+        try:
+            group = p.check_group_id(data["group"])
+            added = _user_list(data.get("added"))
+            removed = _user_list(data.get("removed"))
+            by = p.check_user_id(data["by"], "by")
+        except (KeyError, TypeError, AttributeError, p.ProtocolError):
+            self.malformed += 1
+            return []
+        if self.user in removed:
+            self.groups.pop(group, None)
+        else:
+            members = set(self.groups.get(group, ())) | set(added)
+            if self.user in added:
+                members.add(self.user)
+            self.groups[group] = sorted(members - set(removed))
+        rec = self.record(
+            H.GROUP_CHANGE, now, conv=p.group_conv(group), added=added, removed=removed, by=by
+        )
+        return [rec, GroupChanged(data)]
+
+
+def _user_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError("a list of user ids")
+    return [p.check_user_id(u) for u in value]

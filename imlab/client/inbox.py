@@ -30,7 +30,10 @@ class Inbox:
             return []
         waiting = self.pending.setdefault(conv, {})
         if msg.seq != cur + 1:
-            waiting.setdefault(msg.seq, (msg, via))
+            if msg.seq in waiting:
+                self.duplicates += 1
+            else:
+                waiting[msg.seq] = (msg, via)
             return []
         out = [(msg, via)]
         nxt = msg.seq + 1

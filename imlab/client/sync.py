@@ -3,6 +3,7 @@ Locust/gevent: the asyncio client's surface, carrying out the same core's steps.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from imlab.client.core import (
     Dial,
     R,
     Request,
+    SendReceipt,
     Steps,
     checked_ack,
 )
@@ -49,6 +51,8 @@ class SyncChatClient(Transport):
         self.sio = socketio.Client(reconnection=False, logger=False, engineio_logger=False)
         self._reconnecting = False
         self._pending: set[threading.Event] = set()
+        self._receipts_out: dict[int, SendReceipt] = {}  # emitted, ack not yet in
+        self._receipt_ids = itertools.count()
         # A catch-up and the pushes arriving meanwhile take turns at the core's inbox.
         self._lock = threading.RLock()
         self._listen(self.sio)
@@ -65,6 +69,10 @@ class SyncChatClient(Transport):
     def _on_disconnect(self, *reason: Any) -> None:
         for answered in list(self._pending):
             answered.set()  # with no ack in its box: CONNECTION_LOST
+        with self._lock:
+            lost, self._receipts_out = self._receipts_out, {}
+            for receipt in lost.values():
+                self.core.receipt_done(receipt.conv, receipt.seq, None)
         if self._lost(reason).will_reconnect and not self._reconnecting:
             self._reconnecting = True
             self.sio.start_background_task(self._reconnect_loop)
@@ -174,11 +182,44 @@ class SyncChatClient(Transport):
     def create_group(self, members: Sequence[str], name: str = "") -> dict[str, Any]:
         return self._run(self.core.create_group(members, name))
 
+    def refresh(self) -> dict[str, Any]:
+        """A new token for later (re)connects (feature "authz"); returns the ack."""
+        return self._run(self.core.refresh())
+
+    def group_add(self, group: str, members: Sequence[str]) -> dict[str, Any]:
+        return self._run(self.core.group_add(group, members))
+
+    def group_remove(self, group: str, members: Sequence[str]) -> dict[str, Any]:
+        return self._run(self.core.group_remove(group, members))
+
+    def group_leave(self, group: str) -> dict[str, Any]:
+        return self._run(self.core.group_leave(group))
+
     def latest(self) -> dict[str, Any]:
         return self._run(self.core.latest())
 
     def sync(self, conv: str, after_seq: int = 0, limit: int = SYNC_PAGE) -> dict[str, Any]:
         return self._run(self.core.sync(conv, after_seq, limit))
+
+    # --- receipts: emitted with a callback, never waited for (a load user keeps going)
+
+    def _send_receipt(self, receipt: SendReceipt) -> None:
+        rid = next(self._receipt_ids)
+
+        def on_ack(*args: Any) -> None:
+            with self._lock:
+                if self._receipts_out.pop(rid, None) is not None:
+                    self.core.receipt_done(receipt.conv, receipt.seq, args[0] if args else None)
+
+        request = receipt.request
+        with self._lock:
+            self._receipts_out[rid] = receipt
+            try:
+                self.sio.emit(request.event, request.data, callback=on_ack)
+            except (socketio.exceptions.SocketIOError, OSError) as exc:
+                log.debug("%s: receipt %s not sent: %s", self.user, request.data, exc)
+                self._receipts_out.pop(rid, None)
+                self.core.receipt_done(receipt.conv, receipt.seq, None)
 
     # --- inbound
 

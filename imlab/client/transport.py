@@ -23,10 +23,12 @@ from imlab.client.core import (
     Dial,
     Disconnected,
     Effect,
+    GroupChanged,
     GroupJoined,
     R,
     Record,
     Request,
+    SendReceipt,
     Steps,
 )
 from imlab.client.history import HistorySink
@@ -84,6 +86,7 @@ class Transport:
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
         on_catch_up: CatchUpCallback | None = None,
+        on_group_change: GroupCallback | None = None,
     ) -> None:
         self.core = ClientCore(user, urls, token=token)
         self.reconnect = reconnect
@@ -93,6 +96,7 @@ class Transport:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.on_catch_up = on_catch_up
+        self.on_group_change = on_group_change
         self._closing = False
         self._suppress_reconnect = False
 
@@ -142,6 +146,15 @@ class Transport:
     def groups(self) -> dict[str, list[str]]:
         return self.core.groups
 
+    @property
+    def token(self) -> str | None:
+        """The token the next (re)connect presents (`refresh()` replaces it)."""
+        return self.core.token
+
+    @property
+    def receipt_failures(self) -> int:
+        return self.core.receipt_failures
+
     def messages(self, conv: str) -> list[Message]:
         return self.core.received.get(conv, [])
 
@@ -150,6 +163,7 @@ class Transport:
     def _listen(self, sio: socketio.Client | socketio.AsyncClient) -> None:
         sio.on("connect_error", self.core.handle_connect_error)
         sio.on(p.GROUP_CREATED, self._group_created)
+        sio.on(p.GROUP_CHANGED, self._group_changed)
         sio.on(p.ERROR, self._error)
 
     def _next(self, steps: Steps[R], answer: Answer | None) -> Dial | Request | Done[R]:
@@ -175,6 +189,11 @@ class Transport:
             case GroupJoined(data):
                 if self.on_group is not None:
                     self.on_group(data)
+            case GroupChanged(data):
+                if self.on_group_change is not None:
+                    self.on_group_change(data)
+            case SendReceipt():
+                self._send_receipt(effect)
             case Connected(url, node, again):
                 if self.on_connect is not None:
                     self.on_connect(url, node, again)
@@ -201,6 +220,14 @@ class Transport:
     def _group_created(self, data: Any) -> None:
         for effect in self.core.group_created(data):
             self._apply(effect)
+
+    def _group_changed(self, data: Any) -> None:
+        for effect in self.core.group_changed(data, time.time()):
+            self._apply(effect)
+
+    def _send_receipt(self, receipt: SendReceipt) -> None:
+        """Emit the receipt without waiting; report its outcome to the core."""
+        raise NotImplementedError
 
     def _error(self, data: Any) -> None:
         log.info("%s: the server closes the connection: %r", self.user, data)

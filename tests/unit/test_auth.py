@@ -134,3 +134,11 @@ def test_a_short_lived_stage_refuses_a_long_token() -> None:
     token = auth.issue_token("alice", SECRET, ttl=auth.SHORT_MAX_LIFETIME + 1, now=now)
     with pytest.raises(auth.AuthError, match="lifetime"):
         auth.verify_token(token, SECRET, max_lifetime=auth.SHORT_MAX_LIFETIME, now=now)
+
+
+def test_a_client_can_read_when_its_token_expires_without_the_secret() -> None:
+    token = auth.issue_token("alice", SECRET, ttl=60, now=1000.0)
+    assert auth.unverified_expiry(token) == 1060.0
+    assert auth.unverified_expiry("not a token") is None
+    assert auth.unverified_expiry(None) is None
+    assert auth.unverified_expiry(jwt.encode({"exp": "soon"}, SECRET, algorithm="HS256")) is None

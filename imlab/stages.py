@@ -17,7 +17,9 @@ from typing import Any
 from imlab import protocol as p
 
 AUTH_KINDS = ("user", "token")
-SERVICES = ("redis", "kafka")
+# "sentinel": a Redis Sentinel set (master, replica, 3 sentinels) instead of one Redis;
+# "postgres": a PostgreSQL server (imlab.services)
+SERVICES = ("redis", "kafka", "sentinel", "postgres")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,20 @@ class StageInfo:
     @property
     def needs_kafka(self) -> bool:
         return "kafka" in self.needs
+
+    @property
+    def needs_sentinel(self) -> bool:
+        """Redis as a Sentinel set; its processes get a `redis+sentinel://` URL."""
+        return "sentinel" in self.needs
+
+    @property
+    def needs_postgres(self) -> bool:
+        return "postgres" in self.needs
+
+    @property
+    def uses_redis(self) -> bool:
+        """Any Redis (one server or a Sentinel set): its processes get `--redis-url`."""
+        return self.needs_redis or self.needs_sentinel
 
     @property
     def uses_tokens(self) -> bool:
@@ -103,6 +119,8 @@ def _parse(data: dict[str, Any], where: str) -> StageInfo:
         raise ValueError(f"{where}: not a valid stage declaration ({exc!r})") from None
     if info.auth not in AUTH_KINDS or not info.needs <= set(SERVICES):
         raise ValueError(f"{where}: auth must be one of {AUTH_KINDS}, needs within {SERVICES}")
+    if info.needs_redis and info.needs_sentinel:
+        raise ValueError(f"{where}: needs one Redis, either redis or sentinel")
     if sum(r.client_facing for r in roles) != 1:
         raise ValueError(f"{where}: a stage has exactly one client-facing role")
     return info

@@ -98,6 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"stage {args.stage} is up:")
         if cluster.redis_url:
             print(f"  redis   {cluster.redis_url}")
+        if cluster.db_url:
+            print(f"  db      {cluster.db_url}")
         if cluster.kafka is not None:
             b = cluster.kafka
             print(f"  kafka   {b.bootstrap}  ({b.kind} {b.version}, {b.brokers} broker(s))")
@@ -127,6 +129,11 @@ def _write_up_manifest(cluster: Cluster) -> None:
     infra: dict[str, dict[str, Any]] = {}
     if cluster.redis is not None:
         infra["redis"] = {"pid": cluster.redis.pid, "url": cluster.redis.url}
+    if cluster.sentinel is not None:  # redis-0 (first master), redis-1, sentinel-0..2
+        for svc in cluster.sentinel.services():
+            infra[svc.name] = {"pid": svc.pid, "url": cluster.sentinel.url}
+    if cluster.postgres is not None:
+        infra["postgres"] = {"pid": cluster.postgres.pid, "url": cluster.postgres.url}
     if cluster.kafka is not None:
         # `broker` is the first node (the whole broker when there is one); each node by name
         for i, node in enumerate(cluster.kafka.nodes):
@@ -146,6 +153,9 @@ def _watch(cluster: Cluster, for_seconds: float) -> int:
     while True:
         redis = cluster.redis
         gone: list[Service] = [redis] if redis is not None and not redis.running() else []
+        pg = cluster.postgres
+        if pg is not None and not pg.running():
+            gone.append(pg)
         if brokers and not any(b.running() for b in brokers):
             gone += brokers  # a cluster of three keeps going on two
         for base in gone:

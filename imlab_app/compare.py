@@ -27,8 +27,17 @@ from imlab.experiment.runfolder import new_run_dir
 from imlab.services import RedisService
 
 Kind = Literal["real", "sim"]
-# Faults done to Redis or the broker: a run with one starts services of its own.
-SERVICE_FAULTS = frozenset({"redis-outage", "redis-restart", "broker-down", "broker-kill"})
+# Faults done to Redis, the broker or the database: a run with one starts services of its own.
+SERVICE_FAULTS = frozenset(
+    {
+        "redis-outage",
+        "redis-restart",
+        "redis-master-kill",
+        "db-restart",
+        "broker-down",
+        "broker-kill",
+    }
+)
 MAX_DRAIN = 10.0  # seconds a run waits for stragglers after its send window
 
 
@@ -123,7 +132,10 @@ class SharedServices:
         self.kafka: Broker | None = None
 
     def wants(self, case: Case) -> bool:
-        if case.kind != "real" or not stages.stage(case.stage).needs_kafka:
+        info = stages.stage(case.stage)
+        if case.kind != "real" or not info.needs_kafka:
+            return False
+        if info.needs_sentinel or info.needs_postgres:  # the pool has one plain Redis, no db
             return False
         return not {f.kind for f in parse_faults(case.faults).items} & SERVICE_FAULTS
 

@@ -30,6 +30,15 @@ class Chaos:
             m.store.redis.pause(base + f.start, base + f.end)
         for r in m.faults.redis_restarts:
             m.store.redis.down(base + r.start, base + r.end)
+        # A Sentinel master kill, approximated: Redis down until the failover ends (the
+        # restarted node only rejoins as a replica, which no model has).
+        for k in m.faults.redis_master_kills:
+            m.store.redis.down(base + k.start, base + k.start + m.p.redis_failover)
+        if m.faults.db_restarts:
+            raise ValueError(
+                "db-restart: no stage model has a database (PostgreSQL) yet; "
+                "run this fault against the real stage (imlab load)"
+            )
         if m.broker is not None:
             for b in m.faults.broker_downs:
                 m.broker.outage(base + b.start, self.broker_outage(b))

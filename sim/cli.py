@@ -16,7 +16,8 @@ EPILOG = (
     "scenarios (as for `imlab load`):\n"
     + "\n".join(f"  {name:<12} {what}" for name, what in SCENARIOS.items())
     + "\n\nfaults: redis-outage:30s@60s, redis-restart:5s@20s, broker-down:10s@30s, "
-    "kafka-loss:0.01,\n        crash:gateway-1@45s, churn:0.2 (times from the send window's start)"
+    "kafka-loss:0.01,\n        crash:gateway-1@45s, churn:0.2, redis-master-kill@20s "
+    "(times from the send window's start)"
 )
 
 

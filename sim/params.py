@@ -100,6 +100,11 @@ class Params:
     kafka_failover: float = 2.0
     """with three brokers, one stopped or killed broker's partitions are unavailable this
     long (leader election and the clients' metadata refresh), and nothing is lost"""
+    redis_failover: float = 2.3
+    """a SIGKILLed Redis Sentinel master (`redis-master-kill`): writes fail this long,
+    until the sentinels promote the replica (down-after 1 s; measured 0.95-3.2 s, 2.2-2.3
+    in the stage tests, on the 2-core machine, docs/SERVICES.md); the model takes it for
+    Redis down that long"""
     kafka_rejoin: float = 1.5
     """after a broker restart, consumers deliver nothing until the watchdog noticed the
     empty broker and a fresh consumer took its partitions (4.5 s after a 3 s stop)"""

@@ -2,6 +2,7 @@
 
 A spec is a comma-separated list such as
 `redis-outage:30s@60s,kafka-loss:0.01,broker-kill:10s@30s,crash:gateway-1@45s,churn:0.2`.
+A Sentinel set (v5) adds `redis-master-kill@20s` and PostgreSQL `db-restart:5s@30s`.
 Times are offsets from the start of the run. Part of the experiment contract
 (`imlab.experiment`): the simulator, the load tool and the fault injector read it.
 """
@@ -14,15 +15,18 @@ from itertools import pairwise
 from typing import ClassVar
 
 __all__ = [
+    "REDIS_MASTER_DOWN",
     "RUN_LONG",
     "BrokerDown",
     "BrokerKill",
     "Churn",
     "Crash",
+    "DbRestart",
     "Fault",
     "FaultPlan",
     "FaultSpecError",
     "KafkaLoss",
+    "RedisMasterKill",
     "RedisOutage",
     "RedisRestart",
     "format_duration",
@@ -71,6 +75,37 @@ class RedisRestart(_Window):
 
     kind: ClassVar[str] = "redis-restart"
     target: ClassVar[str] = "redis"
+
+
+# How long a killed Redis master stays down before it is started again (as a replica)
+# when the spec does not say: `redis-master-kill@T` = `redis-master-kill:5s@T`.
+REDIS_MASTER_DOWN = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMasterKill(_Window):
+    """The current master of a Redis Sentinel set is killed (SIGKILL) at `start`; the
+    sentinels promote its replica, and the killed node is started again `duration`
+    seconds later as a replica of the new master. The window is the node's absence;
+    clients see errors only until the failover (about 2.3 s, docs/SERVICES.md)."""
+
+    kind: ClassVar[str] = "redis-master-kill"
+    target: ClassVar[str] = "redis"
+
+    def spec(self) -> str:
+        at = format_duration(self.start)
+        if self.duration == REDIS_MASTER_DOWN:
+            return f"{self.kind}@{at}"
+        return f"{self.kind}:{format_duration(self.duration)}@{at}"
+
+
+@dataclass(frozen=True, slots=True)
+class DbRestart(_Window):
+    """PostgreSQL is stopped (a fast shutdown) at `start` and started again `duration`
+    seconds later; it keeps its data."""
+
+    kind: ClassVar[str] = "db-restart"
+    target: ClassVar[str] = "postgres"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +177,17 @@ class Churn:
         return f"{self.kind}:{self.fraction!r}"
 
 
-Fault = RedisOutage | RedisRestart | BrokerDown | BrokerKill | KafkaLoss | Crash | Churn
+Fault = (
+    RedisOutage
+    | RedisRestart
+    | RedisMasterKill
+    | DbRestart
+    | BrokerDown
+    | BrokerKill
+    | KafkaLoss
+    | Crash
+    | Churn
+)
 
 # Faults that last the whole send window rather than a scheduled window; a run's manifest
 # records them from the send window's start to its end, real and simulated alike.
@@ -162,6 +207,14 @@ class FaultPlan:
     @property
     def redis_restarts(self) -> list[RedisRestart]:
         return [f for f in self.items if isinstance(f, RedisRestart)]
+
+    @property
+    def redis_master_kills(self) -> list[RedisMasterKill]:
+        return [f for f in self.items if isinstance(f, RedisMasterKill)]
+
+    @property
+    def db_restarts(self) -> list[DbRestart]:
+        return [f for f in self.items if isinstance(f, DbRestart)]
 
     @property
     def broker_downs(self) -> list[BrokerDown]:
@@ -195,6 +248,11 @@ _TARGET_RE = re.compile(r"[a-z][a-z0-9_]*-\d+")
 _FORMS = {
     RedisOutage.kind: "redis-outage:<duration>@<start>, e.g. redis-outage:30s@60s",
     RedisRestart.kind: "redis-restart:<duration>@<start>, e.g. redis-restart:5s@20s",
+    RedisMasterKill.kind: (
+        "redis-master-kill[:<down>]@<start>, e.g. redis-master-kill@20s "
+        f"(the killed master is restarted after {REDIS_MASTER_DOWN:g}s unless <down> says)"
+    ),
+    DbRestart.kind: "db-restart:<duration>@<start>, e.g. db-restart:5s@30s",
     BrokerDown.kind: "broker-down:[all:]<duration>@<start>, e.g. broker-down:10s@30s",
     BrokerKill.kind: "broker-kill:[all:]<duration>@<start>, e.g. broker-kill:all:5s@30s",
     KafkaLoss.kind: "kafka-loss:<probability>, e.g. kafka-loss:0.01",
@@ -233,6 +291,9 @@ def _parse_item(item: str) -> Fault:
     if not item:
         raise FaultSpecError("empty item in the fault spec (a stray comma?)")
     kind, sep, arg = item.partition(":")
+    if "@" in kind:  # a fault with only a time: redis-master-kill@20s
+        kind, _, when = kind.partition("@")
+        sep, arg = ":", "@" + when
     kind = kind.strip()
     if kind not in _FORMS:
         known = ", ".join(sorted(_FORMS))
@@ -258,6 +319,8 @@ def _parse_arg(kind: str, arg: str) -> Fault:
         if _TARGET_RE.fullmatch(head) is None:
             raise ValueError(f"{head!r} is not a process name like server-0 or gateway-1")
         return Crash(head, start)
+    if kind == RedisMasterKill.kind and not head:
+        return RedisMasterKill(start, REDIS_MASTER_DOWN)
     scope = "one"
     if kind in (BrokerDown.kind, BrokerKill.kind) and ":" in head:
         scope, _, head = head.partition(":")
@@ -270,6 +333,10 @@ def _parse_arg(kind: str, arg: str) -> Fault:
         return RedisOutage(start, duration)
     if kind == RedisRestart.kind:
         return RedisRestart(start, duration)
+    if kind == RedisMasterKill.kind:
+        return RedisMasterKill(start, duration)
+    if kind == DbRestart.kind:
+        return DbRestart(start, duration)
     if kind == BrokerKill.kind:
         return BrokerKill(start, duration, scope)
     return BrokerDown(start, duration, scope)
@@ -293,8 +360,15 @@ def _check_consistent(items: tuple[Fault, ...]) -> None:
     twice = sorted({t for t in crashed if crashed.count(t) > 1})
     if twice:
         raise FaultSpecError(f"crash:{twice[0]} is given more than once")
-    redis_windows = [f for f in items if isinstance(f, RedisOutage | RedisRestart)]
-    for group in (redis_windows, [f for f in items if isinstance(f, BrokerDown)]):
+    redis_windows = [
+        f for f in items if isinstance(f, RedisOutage | RedisRestart | RedisMasterKill)
+    ]
+    groups = (
+        redis_windows,
+        [f for f in items if isinstance(f, BrokerDown)],
+        [f for f in items if isinstance(f, DbRestart)],
+    )
+    for group in groups:
         windows = sorted(group, key=lambda f: f.start)
         for a, b in pairwise(windows):
             if b.start < a.end:

@@ -47,3 +47,14 @@ def test_a_bad_declaration_is_refused_with_where_it_is() -> None:
     del data["auth"]
     with pytest.raises(ValueError, match=r"x/stage\.toml: not a valid stage declaration"):
         _parse(data, "x/stage.toml")
+
+
+def test_a_stage_may_need_a_sentinel_set_and_postgres_but_one_redis() -> None:
+    data = tomllib.loads(V4.read_text())
+    data["needs"] = ["sentinel", "kafka", "postgres"]
+    info = _parse(data, "x/stage.toml")
+    assert info.needs_sentinel and info.needs_postgres and info.uses_redis
+    assert not info.needs_redis
+    data["needs"] = ["redis", "sentinel"]
+    with pytest.raises(ValueError, match="either redis or sentinel"):
+        _parse(data, "x/stage.toml")

@@ -41,6 +41,7 @@ STAGE_SPECS: dict[str, dict[str, int]] = {
     "v2": {},
     "v3": {"servers": 3},
     "v4": {"servers": 2, "workers": 2},
+    "v5": {"servers": 2, "workers": 2},
 }
 ALL_STAGES = list(STAGE_SPECS)
 HISTORY_STAGES = [s for s in ALL_STAGES if s != "v1"]
@@ -64,9 +65,10 @@ class StageUnderTest:
         return [f"u{next(self._n)}-{tag}" for _ in range(n)]
 
     def token(self, user: str) -> str | None:
-        if self.stage != "v4":
+        from imlab import auth, stages
+
+        if not stages.stage(self.stage).uses_tokens:
             return None
-        from imlab import auth
 
         return auth.issue_token(user, self.cluster.spec.secret)
 

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
 import asyncpg
 
 from imlab.protocol import Message, group_conv
@@ -282,7 +283,9 @@ class SqlStore:
         )
         return [_message(r) for r in rows[:limit]], latest, len(rows) > limit
 
-    async def messages_after(self, cursors: dict[str, int], upto: dict[str, int], limit: int) -> list[Message]:
+    async def messages_after(
+        self, cursors: dict[str, int], upto: dict[str, int], limit: int
+    ) -> list[Message]:
         """For each conv in `upto`, the messages after `cursors[conv]` up to `upto[conv]`,
         oldest first per conversation, `limit` in all."""
         convs = [c for c, last in upto.items() if last > cursors.get(c, 0)]
@@ -290,7 +293,8 @@ class SqlStore:
             return []
         rows = await self.pool.fetch(
             "SELECT m.conv, m.seq, m.msg_id, m.sender, m.client_msg_id, m.body, m.sent_at,"
-            " m.server_ts FROM messages m JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(conv, lo, hi)"
+            " m.server_ts FROM messages m"
+            " JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(conv, lo, hi)"
             " ON m.conv = w.conv AND m.seq > w.lo AND m.seq <= w.hi"
             " ORDER BY m.conv, m.seq LIMIT $4",
             convs,
@@ -476,4 +480,3 @@ class SqlStore:
             last_id,
         )
         return [Revocation(r[0], r[1], r[2], r[3]) for r in rows]
-

@@ -76,6 +76,10 @@ def db(cluster: Cluster) -> SqlStore:
     return SqlStore(url, max_size=2)
 
 
+async def wait_closed(c: AsyncChatClient, timeout: float = 5.0) -> None:
+    await c.wait_for(lambda: not c.connected.is_set(), timeout=timeout, what="the server's close")
+
+
 # ---------------------------------------------------------------- open problem 1
 
 
@@ -95,9 +99,7 @@ async def test_revoked_token_v4_keeps_working_v5_is_closed_and_refused(
                 await store.start()
                 await store.revoke(user=alice.user, issued_before=time.time() + 1)
                 await store.close()
-                await alice.wait_for(
-                    lambda: not alice.connected.is_set(), timeout=5, what="the revoked close"
-                )
+                await wait_closed(alice)
             else:
                 await asyncio.sleep(1.0)
             still = alice.connected.is_set()

@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from imlab.ratelimit import KeyedLimiter
 
 from imlab import auth, redisconn
 from imlab import protocol as p
 from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, ProtocolError
-from imlab.ratelimit import KeyedLimiter
 from imlab.routing import Relay, Routes, by_node
 from imlab.server import HistoryServer, Login, StageServer, base_parser, serve
 from imlab.sqlstore import UNAVAILABLE_ERRORS, Revocation, SqlStore
@@ -97,7 +97,9 @@ class Gateway(HistoryServer):
         self._last_revocation = 0
         self._receipts: dict[tuple[str, str], int] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self.metrics.gauge("receipts_pending", lambda: len(self._receipts), "receipts not yet written")
+        self.metrics.gauge(
+            "receipts_pending", lambda: len(self._receipts), "receipts not yet written"
+        )
 
     # ------------------------------------------------------------ life cycle
 
@@ -237,9 +239,7 @@ class Gateway(HistoryServer):
         wait = limiter.take(user, time.monotonic())
         if wait > 0:
             self.metrics.inc(f"rate_limited_{what}")
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED, f"too many {what}: retry in {wait:.2f} s"
-            )
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many {what}: retry in {wait:.2f} s")
 
     async def _active_member(self, user: str, gid: str) -> None:
         m = await self.store.membership(gid, user)
@@ -256,7 +256,7 @@ class Gateway(HistoryServer):
         msg = new_message(conv, user, req.client_msg_id, req.body, req.sent_at)
         dm_members = (user, req.to) if req.to is not None else ()
         topic = topics.topic_for(conv)
-        stored, duplicate, outbox_id = await self.store.append(
+        stored, _, outbox_id = await self.store.append(
             msg, index_for=dm_members, outbox=(topic, conv)
         )
         if outbox_id is not None:
@@ -335,9 +335,7 @@ class Gateway(HistoryServer):
             if m is None:
                 if await self.store.group_creator(req.conv.group_id) is None:
                     raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {req.conv.group_id}")
-                raise ProtocolError(
-                    ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}"
-                )
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
             upto = m.left_seq  # a removed member reads nothing sent after the removal
             after = max(after, m.joined_seq)
         messages, latest, has_more = await self.store.sync(req.conv.id, after, req.limit, upto=upto)
@@ -398,7 +396,9 @@ class Gateway(HistoryServer):
         await self._notify([*members, user], p.GROUP_CHANGED, notice)
         return p.ok_ack(group=gid)
 
-    async def _notify(self, users: list[str] | tuple[str, ...], event: str, data: dict[str, Any]) -> None:
+    async def _notify(
+        self, users: list[str] | tuple[str, ...], event: str, data: dict[str, Any]
+    ) -> None:
         """Push a group notice to `users` wherever they are; a Redis failure costs the
         notice (the state is in the database), never the request."""
         try:

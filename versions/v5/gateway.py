@@ -28,22 +28,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from imlab.ratelimit import KeyedLimiter
 
 from imlab import auth, redisconn
 from imlab import protocol as p
 from imlab.kafka import KafkaLink, KafkaOptions
 from imlab.protocol import ErrorCode, ProtocolError
+from imlab.ratelimit import KeyedLimiter
 from imlab.routing import Relay, Routes, by_node
-from imlab.server import HistoryServer, Login, StageServer, base_parser, serve
+from imlab.server import HistoryServer, Login, StageServer, base_parser, current_sid, serve
 from imlab.sqlstore import UNAVAILABLE_ERRORS, Revocation, SqlStore
 from imlab.store import new_message
 from versions.v5 import topics
 
 log = logging.getLogger("imlab.v5.gateway")
 
-TOKEN_LIFE = 300.0  # what `refresh` hands out
-MAX_TOKEN_LIFE = 900.0  # the longest life this stage accepts
+TOKEN_LIFE = auth.SHORT_TTL  # what `refresh` hands out: 5 minutes
+MAX_TOKEN_LIFE = auth.SHORT_MAX_LIFETIME  # the longest life this stage accepts: 15 minutes
 REVOCATION_POLL = 0.5  # seconds between reads of the revocation table
 ROUTE_REFRESH = 5.0  # seconds between rewrites of this gateway's routes
 OUTBOX_SWEEP = 0.25  # seconds between sweeps of rows the fast path did not publish
@@ -88,10 +88,11 @@ class Gateway(HistoryServer):
         self.routes = Routes(self.redis, node)
         self.link = KafkaLink(kafka, topics.TOPICS, self.metrics, client_id=node)
         self.relay = Relay(self.redis, node, self.push, self.metrics)
-        self.send_limit = KeyedLimiter(send_rate, send_burst)
-        self.group_limit = KeyedLimiter(group_rate, group_burst)
+        self.send_limit = KeyedLimiter[str](send_rate, send_burst)
+        self.group_limit = KeyedLimiter[str](group_rate, group_burst)
         self.group_quota = group_quota
         self.tokens: dict[str, auth.Identity] = {}  # sid -> the identity it logged in with
+        self._verified: dict[str, auth.Identity] = {}  # token id -> identity, until login
         self._revoked_ids: set[str] = set()
         self._revoked_before: dict[str, float] = {}  # user -> tokens issued before are dead
         self._last_revocation = 0
@@ -176,7 +177,8 @@ class Gateway(HistoryServer):
         await self._read_revocations()
         if self._is_revoked(ident):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "token revoked")
-        return Login(ident.user, ident.expires_at, identity=ident)
+        self._verified[ident.token_id] = ident
+        return Login(ident.user, ident.expires_at, token_id=ident.token_id)
 
     def _is_revoked(self, ident: auth.Identity) -> bool:
         before = self._revoked_before.get(ident.user)
@@ -185,29 +187,34 @@ class Gateway(HistoryServer):
         )
 
     async def on_login(self, user: str, sid: str) -> None:
-        login = self.login_of(sid)
-        if login is not None and isinstance(login.identity, auth.Identity):
-            self.tokens[sid] = login.identity
+        login = self.logins.get(sid)
+        ident = self._verified.pop(login.token_id, None) if login and login.token_id else None
+        if ident is not None:
+            self.tokens[sid] = ident
         self._spawn(self._redeliver(user, sid))
         await self.routes.login(user)
 
     async def on_logout(self, user: str, sid: str) -> None:
-        self.tokens.pop(sid, None)
+        ident = self.tokens.pop(sid, None)
+        if ident is not None:
+            self._verified.pop(ident.token_id, None)
         if not self.online(user):
             await self.routes.logout(user)
 
     async def _refresh(self, user: str, data: Any) -> dict[str, Any]:
         p.parse_empty(data)
-        sid = self.current_sid()
-        old = self.tokens.get(sid)
-        if old is None or self._is_revoked(old):
+        sid = current_sid.get()
+        old = self.tokens.get(sid) if sid is not None else None
+        if sid is None or old is None or self._is_revoked(old):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "token revoked")
-        token = auth.issue_token(user, self.secret, TOKEN_LIFE)
-        ident = auth.verify_token(token, self.secret, max_lifetime=self.max_token_life)
-        self.tokens[sid] = ident
-        self.extend_session(sid, ident.expires_at)
+        try:
+            new = auth.refresh_token(old, self.secret, TOKEN_LIFE)
+        except auth.AuthError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason) from None
+        self.tokens[sid] = new.identity
+        self.renew_login(sid, Login(user, new.identity.expires_at, token_id=new.identity.token_id))
         self.metrics.inc("tokens_refreshed")
-        return p.ok_ack(token=token, expires_at=ident.expires_at)
+        return p.ok_ack(token=new.token, expires_at=new.identity.expires_at)
 
     async def _read_revocations(self) -> None:
         for r in await self.store.revocations_after(self._last_revocation):
@@ -226,7 +233,7 @@ class Gateway(HistoryServer):
         for sid, ident in list(self.tokens.items()):
             if self._is_revoked(ident):
                 self.metrics.inc("sessions_revoked")
-                self.close_session(sid, "token revoked")
+                self._close_soon(sid, "token revoked")
 
     async def _refresh_routes(self) -> None:
         # A Redis failover can lose the last writes to the old master: write them again.
@@ -235,11 +242,11 @@ class Gateway(HistoryServer):
 
     # ------------------------------------------------------------ sending
 
-    def _limit(self, limiter: KeyedLimiter, user: str, what: str) -> None:
+    def _limit(self, limiter: KeyedLimiter[str], user: str, what: str) -> None:
         wait = limiter.take(user, time.monotonic())
         if wait > 0:
             self.metrics.inc(f"rate_limited_{what}")
-            raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many {what}: retry in {wait:.2f} s")
+            raise p.RateLimited(wait, f"too many {what}: retry in {wait:.2f} s")
 
     async def _active_member(self, user: str, gid: str) -> None:
         m = await self.store.membership(gid, user)

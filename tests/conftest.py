@@ -70,7 +70,8 @@ class StageUnderTest:
         if not stages.stage(self.stage).uses_tokens:
             return None
 
-        return auth.issue_token(user, self.cluster.spec.secret)
+        # 10 minutes: within what every token stage accepts (v5: at most 15).
+        return auth.issue_token(user, self.cluster.spec.secret, ttl=600)
 
     def client(self, user: str, **kw: object) -> AsyncChatClient:
         c = AsyncChatClient(user, self.cluster.endpoints, token=self.token(user), **kw)  # type: ignore[arg-type]

@@ -60,6 +60,13 @@ class Routes:
     async def login(self, user: str) -> None:
         await self.redis.set(route_key(user), self.node)
 
+    async def login_many(self, users: Iterable[str]) -> None:
+        """`login` for each of `users`, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.set(route_key(user), self.node)
+            await pipe.execute()
+
     async def logout(self, user: str) -> bool:
         """Clear the route if it still names this node; True when it did."""
         return bool(await self._clear(keys=[route_key(user)], args=[self.node]))

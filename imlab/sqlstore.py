@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic text NOT NULL,
     key text NOT NULL,
     payload bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    claimed_until timestamptz NOT NULL DEFAULT '-infinity'
 );
 CREATE TABLE IF NOT EXISTS receipts (
     user_id text NOT NULL,
@@ -411,15 +412,21 @@ class SqlStore:
 
     # ------------------------------------------------------------ outbox
 
-    async def outbox_take(self, older_than: float, limit: int) -> list[OutboxRow]:
-        """Rows waiting at least `older_than` seconds (the fast path had its chance)."""
+    async def outbox_take(self, older_than: float, limit: int, claim: float) -> list[OutboxRow]:
+        """Rows waiting at least `older_than` seconds (the fast path had its chance),
+        claimed for `claim` seconds so that another gateway's sweeper leaves them alone."""
         rows = await self.pool.fetch(
-            "SELECT id, topic, key, payload FROM outbox"
-            " WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2",
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3)"
+            " WHERE id IN (SELECT id FROM outbox"
+            "  WHERE created_at < now() - make_interval(secs => $1) AND claimed_until < now()"
+            "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, topic, key, payload",
             older_than,
             limit,
+            claim,
         )
-        return [OutboxRow(r["id"], r["topic"], r["key"], bytes(r["payload"])) for r in rows]
+        out = [OutboxRow(r["id"], r["topic"], r["key"], bytes(r["payload"])) for r in rows]
+        return sorted(out, key=lambda r: r.id)
 
     async def outbox_done(self, ids: Sequence[int]) -> None:
         if ids:

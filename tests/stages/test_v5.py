@@ -21,14 +21,15 @@ from imlab.cluster import Cluster, ClusterSpec
 from imlab.sqlstore import SqlStore
 
 
-def start(stage: str, tmp: Path, **kw: object) -> Cluster:
+def small(stage: str, tmp: Path, **kw: object) -> Cluster:
+    """One gateway and one worker of `stage`, not started yet."""
     spec = ClusterSpec(stage, servers=1, workers=1, **kw)  # type: ignore[arg-type]
-    return Cluster(spec, tmp / f"{stage}-{time.monotonic_ns()}").start()
+    return Cluster(spec, tmp / f"{stage}-{time.monotonic_ns()}")
 
 
 @pytest.fixture(scope="module")
 def v4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = start("v4", tmp_path_factory.mktemp("v4"))
+    c = small("v4", tmp_path_factory.mktemp("v4")).start()
     try:
         yield c
     finally:
@@ -37,7 +38,7 @@ def v4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def v5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = start("v5", tmp_path_factory.mktemp("v5"))
+    c = small("v5", tmp_path_factory.mktemp("v5")).start()
     try:
         yield c
     finally:
@@ -135,7 +136,8 @@ async def test_redis_lost_v4_reuses_seqs_v5_fails_over_and_keeps_them(
                 cluster.redis.kill()  # its only Redis: memory gone (the OpenIM 3249 case)
                 cluster.redis.restart()
             else:
-                cluster.chaos_kill_redis_master()
+                assert cluster.sentinel is not None
+                killed = cluster.sentinel.kill_master()  # sends go on: they do not touch Redis
             after: list[int] = []
             deadline = time.monotonic() + 30
             while len(after) < 5 and time.monotonic() < deadline:
@@ -146,6 +148,9 @@ async def test_redis_lost_v4_reuses_seqs_v5_fails_over_and_keeps_them(
                     await asyncio.sleep(0.5)
             seqs[cluster.spec.stage] = before + after
             if cluster is v5:
+                assert cluster.sentinel is not None
+                cluster.sentinel.wait_failover(killed)
+                cluster.sentinel.restart_node(killed)
                 conv = p.dm_conv(alice.user, bob.user)
                 await bob.wait_for(
                     lambda b=bob, c=conv: len(b.messages(c)) == 10,  # type: ignore[misc]
@@ -165,7 +170,7 @@ async def test_redis_lost_v4_reuses_seqs_v5_fails_over_and_keeps_them(
 async def test_dropped_publish_v4_loses_acked_v5_delivers_all(tmp_path: Path) -> None:
     got = {}
     for stage in ("v4", "v5"):
-        with start(stage, tmp_path, kafka_drop=0.5) as cluster:
+        with small(stage, tmp_path, kafka_drop=0.5) as cluster:
             cs = Clients(cluster)
             try:
                 alice = await cs.connect("alice", gap_sync_delay=-1)  # no repair by sync
@@ -193,7 +198,9 @@ async def test_removed_member_gets_nothing_after_removal_and_cannot_sync_it(v5: 
         admin = await cs.connect("admin")
         carol = await cs.connect("carol")
         dave = await cs.connect("dave")
-        gid = (await admin.create_group([admin.user, carol.user], "g"))["group"]
+        created = await admin.create_group([admin.user, carol.user], "g")
+        assert created["ok"], created
+        gid = created["group_id"]
         conv = p.group_conv(gid)
         assert (await carol.group_add(gid, [dave.user]))["error"]["code"] == "forbidden"
         added = await admin.group_add(gid, [dave.user])

@@ -48,6 +48,8 @@ REVOCATION_POLL = 0.5  # seconds between reads of the revocation table
 ROUTE_REFRESH = 5.0  # seconds between rewrites of this gateway's routes
 OUTBOX_SWEEP = 0.25  # seconds between sweeps of rows the fast path did not publish
 OUTBOX_GRACE = 1.0  # a row this old is the sweeper's
+OUTBOX_BATCH = 200  # rows per sweep
+OUTBOX_CLAIM = 5.0  # seconds a sweeper holds its rows (longer than a publish's timeout)
 RECEIPT_FLUSH = 0.2  # seconds between writes of the receipts received
 REDELIVER_LIMIT = 500  # unacknowledged messages pushed again at login, at most
 
@@ -237,8 +239,7 @@ class Gateway(HistoryServer):
 
     async def _refresh_routes(self) -> None:
         # A Redis failover can lose the last writes to the old master: write them again.
-        for user in list(self.local):
-            await self.routes.login(user)
+        await self.routes.login_many(list(self.local))
 
     # ------------------------------------------------------------ sending
 
@@ -285,14 +286,19 @@ class Gateway(HistoryServer):
             log.debug("publish of %s deferred to the sweeper: %r", msg.msg_id, exc)
 
     async def _sweep_outbox(self) -> None:
-        rows = await self.store.outbox_take(OUTBOX_GRACE, 200)
+        rows = await self.store.outbox_take(OUTBOX_GRACE, OUTBOX_BATCH, OUTBOX_CLAIM)
+        if not rows:
+            return
+        # Sent together: the producer keeps their order per partition and batches them.
+        results = await asyncio.gather(
+            *[self.link.publish(r.topic, r.key, r.payload) for r in rows], return_exceptions=True
+        )
         done = []
-        for row in rows:
-            meta = await self.link.publish(row.topic, row.key, row.payload)
-            if meta is None:
-                self.metrics.inc("outbox_unreceipted")
-                continue
-            done.append(row.id)
+        for row, result in zip(rows, results, strict=True):
+            if result is None or isinstance(result, BaseException):
+                self.metrics.inc("outbox_unreceipted")  # stays; swept again after the claim
+            else:
+                done.append(row.id)
         await self.store.outbox_done(done)
         self.metrics.inc("outbox_swept", len(done))
 

@@ -6,8 +6,8 @@ and holds the `store` (Redis, `imlab/store.py`), the `client` SDK (`imlab/client
 the load tool's `users` (`loadtest/users.py`), the `consumers` loop
 (`imlab/consumers.py`) over the `kafka` broker and `kafka_group` consumers, `chaos`
 (the fault plan, `imlab/chaos.py`) and the `ledger` (the model's own bookkeeping).
-`routing` is what v3 and v4 share (`imlab/routing.py`); `v1`..`v4` are one model
-per stage.
+`routing` is what v3, v4 and v5 share (`imlab/routing.py`); `sqlstore` is v5's
+PostgreSQL (`imlab/sqlstore.py`); `v1`..`v5` are one model per stage.
 
 Underneath: `core` holds the distributions and seeded streams, `engine` the fast
 FIFO server and samplers the models run on, `theory` the closed-form results they

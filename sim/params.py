@@ -6,6 +6,8 @@ Every duration is a distribution given by its mean and coefficient of variation
 derived with `imlab calibrate` from three real v2 runs on this 2-core machine
 (see docs/RESULTS.md); the Kafka, worker and relay figures, which no v2 run can
 show, were set by hand against one real v4 run (docs/SERVICES.md for their shape).
+The PostgreSQL figures of v5 (`db_*`) and `redis_failover` are first estimates,
+to be calibrated from real v5 runs.
 """
 
 from __future__ import annotations
@@ -108,6 +110,26 @@ class Params:
     kafka_rejoin: float = 1.5
     """after a broker restart, consumers deliver nothing until the watchdog noticed the
     empty broker and a fresh consumer took its partitions (4.5 s after a 3 s stop)"""
+    redis_failover: float = 5.0
+    """v5: how long Redis answers nothing after its master is killed (`redis-master-kill`):
+    Sentinel's down-after time, the election and the clients' reconnect to the new
+    master. A first estimate, to be calibrated from real v5 runs (`imlab calibrate`)"""
+    # PostgreSQL, v5's system of record (`imlab/sqlstore.py`). First estimates for a
+    # local PostgreSQL on this 2-core machine, not measured yet: to be calibrated from
+    # real v5 runs (`imlab calibrate`, #14). The server's CPU is one FIFO server (the
+    # backends share two cores with everything else); a commit's WAL flush is a delay
+    # that does not hold the CPU, and commits finish in commit order (group commit).
+    db_link: Dist = Dist(0.0001, 0.3)
+    """one way between a process and PostgreSQL (loopback TCP, asyncpg's protocol)"""
+    db_query: Dist = Dist(0.00015, 0.5)
+    """PostgreSQL CPU of one indexed read or small write (a prepared statement)"""
+    db_transaction: Dist = Dist(0.0004, 0.5)
+    """PostgreSQL CPU of v5's send transaction (dedup read, seq upsert, message and
+    outbox inserts, commit): a few hundred µs"""
+    db_fsync: Dist = Dist(0.001, 0.5)
+    """a commit's WAL flush to disk: the latency a commit adds after its CPU"""
+    db_timeout: float = 5.0
+    """asyncpg's command_timeout in `SqlStore`: a call with no answer fails after this"""
     # A v3 server's or v4 worker's consumer: CPU to decode and handle one record.
     worker_record: Dist = Dist(0.0005, 0.5)
     # The load generator, when a run of this machine is reproduced (0: every simulated
@@ -158,7 +180,8 @@ DEFAULTS = Params(
         "relay, connect and token figures are not in any v2 run: they were set by hand "
         "so that the v4 model's ack and push medians match one real v4 group run at 80 "
         "sends/s (docs/RESULTS.md); loadgen_processes is 0 so that every simulated "
-        "client is its own device",
+        "client is its own device; the PostgreSQL (db_*) and redis_failover figures of "
+        "v5 are first estimates, not yet calibrated against any real v5 run",
     }
 )
 

@@ -108,11 +108,12 @@ def population_figures(model: StageModel) -> dict[str, Any]:
             for n in (*model.nodes, *model.workers, *model.loadgens_as_nodes())
         }
         | {
-            "redis": {
-                "jobs": model.store.redis.jobs,
-                "utilisation": round(model.store.redis.busy / max(model.env.now, 1e-9), 4),
-                **_background(model.store.redis),
+            name: {
+                "jobs": server.jobs,
+                "utilisation": round(server.busy / max(model.env.now, 1e-9), 4),
+                **_background(server),
             }
+            for name, server in model.services().items()
         },
         "kafka": model.kafka_figures(),
         "series": {"t0_offset_s": 0, **{k: v for k, v in c.series.items()}},

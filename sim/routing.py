@@ -15,6 +15,7 @@ from functools import partial
 
 from sim.client import User
 from sim.consumers import ConsumerLoop
+from sim.kafka import Broker, Topic
 from sim.kafka_group import Consumer
 from sim.server import Msg, Node, Steps
 from sim.stage import StageModel
@@ -31,14 +32,7 @@ class RoutingModel(StageModel):
         self.kafka_rejoins: list[tuple[float, float]] = []
         broker, group = self.broker, self.group
         assert broker is not None and group is not None
-        dm = broker.topic(self.dm_topic, self.dm_partitions)
-        topics = [dm]
-        for conv in self.convs:
-            if conv.gid is None:
-                conv.topic = dm
-            else:
-                conv.topic = broker.topic(f"im.group.{conv.gid}", 1)
-                topics.append(conv.topic)
+        topics = self.make_topics(broker)
         for node in self.consumer_nodes():
             node.consumer = Consumer(
                 broker,
@@ -55,6 +49,19 @@ class RoutingModel(StageModel):
 
     dm_topic = "im.dm"
     dm_partitions = 8
+
+    def make_topics(self, broker: Broker) -> list[Topic[Msg]]:
+        """The stage's topics, each conversation's set on it: v3 and v4 have `im.dm`
+        (8 partitions, keyed by conversation) and a one-partition topic per group."""
+        dm = broker.topic(self.dm_topic, self.dm_partitions)
+        topics = [dm]
+        for conv in self.convs:
+            if conv.gid is None:
+                conv.topic = dm
+            else:
+                conv.topic = broker.topic(f"im.group.{conv.gid}", 1)
+                topics.append(conv.topic)
+        return topics
 
     def publish(self, msg: Msg) -> Steps:
         """`KafkaLink.publish`: fails at once while the link re-creates its producer after

@@ -156,7 +156,9 @@ class Server:
         done = node.cpu.serve(env.now, service)
         yield env.timeout(done - env.now)
 
-    def redis_call(self, node: Node, effect: Callable[[], Any], ops: int = 1) -> Steps:
+    def redis_call(
+        self, node: Node, effect: Callable[[], Any], ops: int = 1, *, pipelined: bool = True
+    ) -> Steps:
         """One round trip from `node` to Redis (`Store.round_trip`); `effect` runs when
         Redis executes it. A node has at most `redis_pool` calls out at once."""
         if node.redis_busy >= self.p.redis_pool:
@@ -164,7 +166,7 @@ class Server:
             raise Unavailable("redis pool")
         node.redis_busy += 1
         try:
-            return (yield from self.store.round_trip(effect, ops))
+            return (yield from self.store.round_trip(effect, ops, pipelined=pipelined))
         finally:
             node.redis_busy -= 1
 

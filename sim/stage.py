@@ -224,6 +224,11 @@ class StageModel(Server):
                 progress(self)
         self.drain_end = t
 
+    def services(self) -> dict[str, FifoServer]:
+        """The backing services' servers by name, for the run's figures (Redis; v5
+        adds PostgreSQL)."""
+        return {"redis": self.store.redis}
+
     def loadgens_as_nodes(self) -> list[Node]:
         out = []
         for lg in self.loadgens:

@@ -60,17 +60,23 @@ class Store:
         self.done = 0.0  # when the Redis command whose effect is running finishes
         self.routes: dict[int, Node] = {}
 
-    def round_trip(self, effect: Callable[[], Any], ops: int) -> Steps:
+    def round_trip(self, effect: Callable[[], Any], ops: int, *, pipelined: bool = True) -> Steps:
         """A paused Redis executes the command later (the call fails after the timeout,
         the effect happens anyway); a dead Redis refuses it (no effect). The link to
         Redis has a constant delay, so commands reach it in the order they are sent
-        and the Redis server can be served at the moment of the call."""
+        and the Redis server can be served at the moment of the call. `ops` commands
+        go in one pipeline, or (not `pipelined`) one after another, each a full
+        command and a round trip of its own, taken as one job at Redis."""
         env = self.env
         t0 = env.now
         link = self.link
         service = self.d_op()
-        if ops > 1:
+        extra = 0.0
+        if ops > 1 and pipelined:
             service += sum(self.d_pipelined() for _ in range(ops - 1))
+        elif ops > 1:
+            service += sum(self.d_op() for _ in range(ops - 1))
+            extra = 2 * link * (ops - 1)
         try:
             done = self.redis.serve(t0 + link, service)
         except Refused as r:
@@ -78,7 +84,7 @@ class Store:
             raise Unavailable("redis") from None
         self.done = done
         result = effect()
-        back = done + link - t0
+        back = done + link - t0 + extra
         if back > self.timeout:
             yield env.timeout(self.timeout)
             raise Unavailable("redis timeout")

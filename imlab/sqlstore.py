@@ -432,6 +432,14 @@ class SqlStore:
         if ids:
             await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
 
+    async def outbox_release(self, ids: Sequence[int]) -> None:
+        """Give claimed rows back at once (their publish failed: the next sweep retries)."""
+        if ids:
+            await self.pool.execute(
+                "UPDATE outbox SET claimed_until = '-infinity' WHERE id = ANY($1::bigint[])",
+                list(ids),
+            )
+
     async def outbox_size(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM outbox"))
 

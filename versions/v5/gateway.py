@@ -49,7 +49,8 @@ ROUTE_REFRESH = 5.0  # seconds between rewrites of this gateway's routes
 OUTBOX_SWEEP = 0.25  # seconds between sweeps of rows the fast path did not publish
 OUTBOX_GRACE = 1.0  # a row this old is the sweeper's
 OUTBOX_BATCH = 200  # rows per sweep
-OUTBOX_CLAIM = 5.0  # seconds a sweeper holds its rows (longer than a publish's timeout)
+OUTBOX_CLAIM = 5.0  # seconds a sweeper holds its rows (longer than a publish's timeout);
+# a sweeper that dies holding rows leaves them to the others after that
 RECEIPT_FLUSH = 0.2  # seconds between writes of the receipts received
 REDELIVER_LIMIT = 500  # unacknowledged messages pushed again at login, at most
 
@@ -293,13 +294,15 @@ class Gateway(HistoryServer):
         results = await asyncio.gather(
             *[self.link.publish(r.topic, r.key, r.payload) for r in rows], return_exceptions=True
         )
-        done = []
+        done, failed = [], []
         for row, result in zip(rows, results, strict=True):
             if result is None or isinstance(result, BaseException):
-                self.metrics.inc("outbox_unreceipted")  # stays; swept again after the claim
+                failed.append(row.id)  # stays, for the next sweep
             else:
                 done.append(row.id)
+        self.metrics.inc("outbox_unreceipted", len(failed))
         await self.store.outbox_done(done)
+        await self.store.outbox_release(failed)
         self.metrics.inc("outbox_swept", len(done))
 
     # ------------------------------------------------------------ receipts

@@ -11,7 +11,10 @@ import random
 
 import pytest
 
+from imlab import protocol as p
+from imlab import stages
 from imlab.fuzz import DOCUMENTED_CODES, EVENT_KINDS, Fuzzer, Tally
+from imlab.fuzz.fuzzer import event_kinds
 
 from ..conftest import ALL_STAGES, StageUnderTest
 
@@ -22,7 +25,8 @@ SEED = int(os.environ.get("IMLAB_FUZZ_SEED", str(random.randrange(2**32))))
 
 
 def fuzzer(sut: StageUnderTest) -> Fuzzer:
-    return Fuzzer(sut.cluster.endpoints[0], sut.stage, sut.cluster.spec.secret)
+    # Tokens of 10 minutes: within what every token stage accepts (v5: at most 15).
+    return Fuzzer(sut.cluster.endpoints[0], sut.stage, sut.cluster.spec.secret, token_ttl=600)
 
 
 def check(tally: Tally, what: str, *, disconnects: bool = False) -> None:
@@ -40,6 +44,23 @@ def check(tally: Tally, what: str, *, disconnects: bool = False) -> None:
 @every_stage
 @pytest.mark.parametrize("kind", EVENT_KINDS)
 async def test_fuzzed_events_are_all_answered_without_internal(
+    sut: StageUnderTest, kind: str
+) -> None:
+    fz = fuzzer(sut)
+    check(await fz.events(kind, PER_EVENT, SEED), kind)
+    assert await fz.pair_still_chats()
+
+
+EXTENDED = [k for k in event_kinds(p.FEATURE_EVENTS) if k not in EVENT_KINDS]
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [s for s in ALL_STAGES if stages.stage(s).features & set(p.FEATURE_EVENTS)],
+    indirect=True,
+)
+@pytest.mark.parametrize("kind", EXTENDED)
+async def test_fuzzed_authz_and_receipt_events_are_answered_without_internal(
     sut: StageUnderTest, kind: str
 ) -> None:
     fz = fuzzer(sut)

@@ -110,10 +110,6 @@ class Params:
     kafka_rejoin: float = 1.5
     """after a broker restart, consumers deliver nothing until the watchdog noticed the
     empty broker and a fresh consumer took its partitions (4.5 s after a 3 s stop)"""
-    redis_failover: float = 5.0
-    """v5: how long Redis answers nothing after its master is killed (`redis-master-kill`):
-    Sentinel's down-after time, the election and the clients' reconnect to the new
-    master. A first estimate, to be calibrated from real v5 runs (`imlab calibrate`)"""
     # PostgreSQL, v5's system of record (`imlab/sqlstore.py`). First estimates for a
     # local PostgreSQL on this 2-core machine, not measured yet: to be calibrated from
     # real v5 runs (`imlab calibrate`, #14). The server's CPU is one FIFO server (the

@@ -10,23 +10,24 @@ from imlab_app.compare import SERVICE_FAULTS, BrokerChoice, SharedServices, plan
 
 def test_quick_matrix_covers_every_stage_real_and_simulated() -> None:
     cases = plan_cases(quick=True)
-    assert {c.stage for c in cases} == {"v1", "v2", "v3", "v4"}
+    assert {c.stage for c in cases} == set(stages.names())
+    assert {"v1", "v2", "v3", "v4", "v5"} <= set(stages.names())
     assert {c.kind for c in cases} == {"real", "sim"}
-    assert all(any(c.faults for c in cases if c.stage == s) for s in ("v1", "v2", "v3", "v4"))
+    assert all(any(c.faults for c in cases if c.stage == s) for s in stages.names())
 
 
 def test_every_registered_stage_declares_a_front_role_and_its_faults() -> None:
     for info in stages.registry().values():
         assert info.front.client_facing and info.front.count >= 1
         assert info.faults_quick and info.faults_full
-        assert info.needs <= {"redis", "kafka"}
+        assert info.needs <= set(stages.SERVICES)
 
 
 def test_quick_runs_each_stage_at_three_loads_and_shares_the_broker_where_safe(
     tmp_path: Path,
 ) -> None:
     cases = plan_cases(quick=True)
-    for stage in ("v1", "v2", "v3", "v4"):
+    for stage in stages.names():
         for kind in ("real", "sim"):
             rates = {c.rate for c in cases if (c.stage, c.kind) == (stage, kind) and not c.faults}
             assert len(rates) >= 3, (stage, kind, rates)

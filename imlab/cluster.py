@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from imlab.services import (
 )
 from imlab.stages import StageInfo
 
+SECRET_FILE = "secret"  # the run's token secret, beside cluster.json
 DEFAULT_SECRET = "imlab-dev-secret-change-me-32-bytes-min"  # HS256 wants >= 32 bytes
 _PACKAGES = (
     "python-socketio",
@@ -67,6 +69,8 @@ class ClusterSpec:
 
     def __post_init__(self) -> None:
         info = self.info  # ValueError for an unknown stage
+        if info.secret_per_run and self.secret == DEFAULT_SECRET:
+            self.secret = secrets.token_urlsafe(32)  # the stage refuses a known secret
         front, back = info.front, info.back
         if self.servers is None or not front.scalable:
             self.servers = front.count
@@ -322,6 +326,12 @@ class Cluster:
         }
 
     def write_manifest(self, extra: dict[str, Any] | None = None) -> Path:
+        if self.spec.info.uses_tokens:
+            # Not in the manifest: beside it, readable by its owner only (`imlab token`).
+            secret = self.run_dir / SECRET_FILE
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.spec.secret)
         path = self.run_dir / "cluster.json"
         tmp = path.with_suffix(".json.tmp")  # readers (`imlab kill` ...) never see half
         tmp.write_text(json.dumps({**self.manifest(), **(extra or {})}, indent=2))

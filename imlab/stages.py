@@ -47,6 +47,8 @@ class StageInfo:
     faults_full: tuple[str, ...]
     faults_quick: tuple[str, ...]
     stores_before_publish: bool = False
+    max_token_life: float | None = None  # seconds; tokens living longer are refused
+    secret_per_run: bool = False  # no usable default secret: each run makes its own
 
     @property
     def needs_redis(self) -> bool:
@@ -73,6 +75,10 @@ class StageInfo:
     @property
     def uses_tokens(self) -> bool:
         return self.auth == "token"
+
+    def token_ttl(self, wanted: float) -> float:
+        """The life to give a client's token: `wanted`, within what the stage accepts."""
+        return wanted if self.max_token_life is None else min(wanted, self.max_token_life)
 
     @property
     def has_groups(self) -> bool:
@@ -114,6 +120,8 @@ def _parse(data: dict[str, Any], where: str) -> StageInfo:
             faults_full=tuple(data["faults"]["full"]),
             faults_quick=tuple(data["faults"]["quick"]),
             stores_before_publish=bool(data.get("stores_before_publish", False)),
+            secret_per_run=bool(data.get("secret_per_run", False)),
+            max_token_life=(float(data["max_token_life"]) if "max_token_life" in data else None),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: not a valid stage declaration ({exc!r})") from None

@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from imlab import stages
-from imlab.cluster import DEFAULT_SECRET, Cluster, ClusterSpec, add_cluster_args, spec_from_args
+from imlab.cluster import (
+    DEFAULT_SECRET,
+    SECRET_FILE,
+    Cluster,
+    ClusterSpec,
+    add_cluster_args,
+    spec_from_args,
+)
 from imlab.experiment.runfolder import new_run_dir
 from imlab.services import RedisService, Service, install_signal_handlers, stop_all
+from imlab_app import stagectl
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -108,7 +116,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, svc in {**cluster.nodes, **cluster.workers}.items():
             print(f"  {name:<10} {svc.url}  (log {svc.log_path})")
         urls = " ".join(f"--url {u}" for u in cluster.endpoints)
-        secret = "" if args.secret == DEFAULT_SECRET else f" --secret {args.secret}"
+        own = args.secret == DEFAULT_SECRET or stages.stage(args.stage).secret_per_run
+        secret = "" if own else f" --secret {args.secret}"
         hint = (
             f"--token $(imlab token alice{secret})"
             if stages.stage(args.stage).uses_tokens
@@ -252,10 +261,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print a signed v4 token for a user."""
+    """Print a signed token for a user of a token stage (v4, v5)."""
     from imlab import auth
 
-    print(auth.issue_token(args.user, args.secret, ttl=args.ttl))
+    secret, ttl = args.secret, args.ttl
+    if secret is None:
+        # The stage `imlab up` runs: its own secret (v5 has no default), its token life.
+        try:
+            run_dir, data = stagectl.find_stage(args.run_dir)
+        except stagectl.StageCtlError:
+            if args.run_dir is not None:
+                raise
+            run_dir, data = None, {}
+        path = run_dir / SECRET_FILE if run_dir is not None else None
+        secret = path.read_text() if path is not None and path.is_file() else DEFAULT_SECRET
+        stage = data.get("spec", {}).get("stage")
+        if stage in stages.names():
+            ttl = stages.stage(stage).token_ttl(ttl)
+    print(auth.issue_token(args.user, secret, ttl=ttl))
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke every token of a user issued until now, on the stage `imlab up` runs (v5)."""
+    from imlab.sqlstore import SqlStore
+
+    _, data = stagectl.find_stage(args.run_dir)
+    url = data.get("db_url")
+    if not url:
+        print("imlab revoke: this stage keeps no revocation list (v5 does)", file=sys.stderr)
+        return 2
+
+    async def revoke() -> int:
+        store = SqlStore(str(url), max_size=1)
+        await store.start()
+        try:
+            return await store.revoke(user=args.user, issued_before=time.time() + 1)
+        finally:
+            await store.close()
+
+    row = asyncio.run(revoke())
+    print(f"revoked every token of {args.user} (revocation {row}); gateways close its "
+          "connections within a second")  # fmt: skip
     return 0
 
 
@@ -316,14 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "token",
-        help="issue a signed token for v4",
-        description="Print a signed token naming USER, for `imlab chat --token` against v4. "
-        "The secret must be the one the stage was started with (imlab up's --secret).",
+        help="issue a signed token for v4/v5",
+        description="Print a signed token naming USER, for `imlab chat --token` against v4 "
+        "or v5. Without --secret: the secret of the stage `imlab up` runs (v5 makes one per "
+        "run), else v4's development default.",
     )
     t.add_argument("user")
-    t.add_argument("--secret", default=DEFAULT_SECRET)
-    t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    t.add_argument("--secret", default=None, help="the stage's signing secret")
+    t.add_argument("--run-dir", default=None, help="the `imlab up` run to read it from")
+    t.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (v5: 900 at most)"
+    )
     t.set_defaults(func=cmd_token)
+
+    rv = sub.add_parser(
+        "revoke",
+        help="revoke a user's tokens on the running v5",
+        description="Revoke every token USER holds on the stage `imlab up` runs (v5): its "
+        "connections close within a second and cannot come back until it has a new token.",
+    )
+    rv.add_argument("user")
+    rv.add_argument("--run-dir", default=None, help="the `imlab up` run (default: the newest)")
+    rv.set_defaults(func=cmd_revoke)
 
     d = sub.add_parser(
         "demo",

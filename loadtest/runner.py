@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from imlab import stages
 from imlab.chaos import LiveFaults
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
 from imlab.experiment.faults import RUN_LONG, parse_faults
@@ -99,7 +100,7 @@ def build_plan(opts: LoadOptions, endpoints: list[str], run_dir: Path, churn: fl
         shape=shape,
         seed=opts.seed,
         body_bytes=opts.body_bytes,
-        token_ttl=opts.duration + 3600.0,
+        token_ttl=stages.stage(opts.stage).token_ttl(opts.duration + 3600.0),
         run_dir=str(run_dir.resolve()),
     )
 

@@ -10,7 +10,6 @@ and "will be published" are one commit (the seed's step order, made atomic).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,6 +81,44 @@ CREATE TABLE IF NOT EXISTS receipts (
     seq bigint NOT NULL,
     PRIMARY KEY (user_id, conv)
 );
+-- One round trip per send: dedup, the next seq (the conversation's row lock orders
+-- concurrent senders), the message, the users' conversation index, the outbox row.
+CREATE OR REPLACE FUNCTION imlab_append(
+    p_conv text, p_msg_id text, p_sender text, p_cmid text, p_body text,
+    p_sent_at double precision, p_server_ts double precision, p_index text[],
+    p_topic text, p_key text
+) RETURNS TABLE (
+    o_seq bigint, o_msg_id text, o_body text, o_sent_at double precision,
+    o_server_ts double precision, o_duplicate boolean, o_outbox_id bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    s bigint;
+    ob bigint;
+BEGIN
+    RETURN QUERY SELECT m.seq, m.msg_id, m.body, m.sent_at, m.server_ts, true, NULL::bigint
+        FROM messages m
+        WHERE m.conv = p_conv AND m.sender = p_sender AND m.client_msg_id = p_cmid;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO convs AS c (conv, last_seq) VALUES (p_conv, 1)
+        ON CONFLICT (conv) DO UPDATE SET last_seq = c.last_seq + 1
+        RETURNING c.last_seq INTO s;
+    INSERT INTO messages (conv, seq, msg_id, sender, client_msg_id, body, sent_at, server_ts)
+        VALUES (p_conv, s, p_msg_id, p_sender, p_cmid, p_body, p_sent_at, p_server_ts);
+    INSERT INTO user_convs (user_id, conv) SELECT u, p_conv FROM unnest(p_index) AS u
+        ON CONFLICT DO NOTHING;
+    IF p_topic IS NOT NULL THEN
+        INSERT INTO outbox (topic, key, payload) VALUES (p_topic, p_key, convert_to(
+            json_build_object(
+                'conv', p_conv, 'msg_id', p_msg_id, 'seq', s, 'sender', p_sender,
+                'body', p_body, 'sent_at', p_sent_at, 'server_ts', p_server_ts,
+                'client_msg_id', p_cmid)::text, 'UTF8'))
+            RETURNING id INTO ob;
+    END IF;
+    RETURN QUERY SELECT s, p_msg_id, p_body, p_sent_at, p_server_ts, false, ob;
+END
+$$;
 CREATE TABLE IF NOT EXISTS revocations (
     id bigserial PRIMARY KEY,
     token_id text,
@@ -199,51 +236,31 @@ class SqlStore:
     async def _append_once(
         self, msg: Message, index_for: Iterable[str], outbox: tuple[str, str] | None
     ) -> tuple[Message, bool, int | None]:
-        async with self.pool.acquire() as con, con.transaction():
-            row = await con.fetchrow(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                " WHERE conv = $1 AND sender = $2 AND client_msg_id = $3",
-                msg.conv,
-                msg.sender,
-                msg.client_msg_id,
-            )
-            if row is not None:
-                return _message(row), True, None
-            seq: int = await con.fetchval(
-                "INSERT INTO convs (conv, last_seq) VALUES ($1, 1)"
-                " ON CONFLICT (conv) DO UPDATE SET last_seq = convs.last_seq + 1"
-                " RETURNING last_seq",
-                msg.conv,
-            )
-            await con.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                msg.conv,
-                seq,
-                msg.msg_id,
-                msg.sender,
-                msg.client_msg_id,
-                msg.body,
-                msg.sent_at,
-                msg.server_ts,
-            )
-            users = list(index_for)
-            if users:
-                await con.executemany(
-                    "INSERT INTO user_convs (user_id, conv) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    [(u, msg.conv) for u in users],
-                )
-            stored = Message(**{**msg.to_dict(), "seq": seq})
-            outbox_id = None
-            if outbox is not None:
-                topic, key = outbox
-                payload = json.dumps(stored.to_dict()).encode()
-                outbox_id = await con.fetchval(
-                    "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3) RETURNING id",
-                    topic,
-                    key,
-                    payload,
-                )
-            return stored, False, outbox_id
+        topic, key = outbox if outbox is not None else (None, None)
+        row = await self.pool.fetchrow(
+            "SELECT * FROM imlab_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            msg.conv,
+            msg.msg_id,
+            msg.sender,
+            msg.client_msg_id,
+            msg.body,
+            msg.sent_at,
+            msg.server_ts,
+            list(index_for),
+            topic,
+            key,
+        )
+        stored = Message(
+            conv=msg.conv,
+            msg_id=row["o_msg_id"],
+            seq=row["o_seq"],
+            sender=msg.sender,
+            body=row["o_body"],
+            sent_at=row["o_sent_at"],
+            server_ts=row["o_server_ts"],
+            client_msg_id=msg.client_msg_id,
+        )
+        return stored, bool(row["o_duplicate"]), row["o_outbox_id"]
 
     async def latest_seq(self, conv: str) -> int:
         value = await self.pool.fetchval("SELECT last_seq FROM convs WHERE conv = $1", conv)

@@ -227,7 +227,9 @@ class AsyncChatClient(Transport):
         except ClientError as exc:
             log.debug("%s: receipt %s failed: %s", self.user, request.data, exc)
             ack = None
-        self.core.receipt_done(receipt.conv, receipt.seq, ack)
+        following = self.core.receipt_done(receipt.conv, receipt.seq, ack)
+        if following is not None and self.connected.is_set():
+            self._send_receipt(following)
 
     def _start_refresher(self) -> None:
         if self.refresh_before is None or self.core.token is None:

@@ -205,6 +205,7 @@ class ClientCore:
         self.malformed = 0  # messages dropped because they could not be read
         self.receipted: dict[str, int] = {}  # conv -> seq of the last receipt asked for
         self.receipts_acked: dict[str, int] = {}  # conv -> highest seq acked ok
+        self.receipts_in_flight: set[str] = set()  # convs with a receipt not yet answered
         self.receipts_sent = 0
         self.receipts_ok = 0
         self.receipt_failures = 0  # error acks, no ack, connection gone
@@ -448,27 +449,33 @@ class ClientCore:
     # --- receipts
 
     def receipt_due(self, conv: str) -> SendReceipt | None:
-        """The receipt to send for `conv` now, if the stage takes receipts and the highest
-        contiguous seq held grew since the last one asked for (which counts as sent)."""
-        if p.FEATURE_RECEIPTS not in self.features:
+        """The receipt to send for `conv` now, if the stage takes receipts, none for `conv`
+        is in flight, and the highest contiguous seq held grew since the last one asked
+        for (which counts as sent). One in flight per conversation: a busy group costs one
+        receipt per round trip, not one per message."""
+        if p.FEATURE_RECEIPTS not in self.features or conv in self.receipts_in_flight:
             return None
         seq = self.inbox.max_seq.get(conv, 0)
         if seq <= self.receipted.get(conv, 0):
             return None
         self.receipted[conv] = seq
         self.receipts_sent += 1
+        self.receipts_in_flight.add(conv)
         return SendReceipt(conv, seq)
 
-    def receipt_done(self, conv: str, seq: int, ack: Any) -> None:
+    def receipt_done(self, conv: str, seq: int, ack: Any) -> SendReceipt | None:
         """The outcome of a receipt: its ack, or None when none came. After a failure the
-        next receipt for `conv` is due again from what was acked."""
+        next receipt for `conv` is due again from what was acked. Returns the receipt due
+        next for `conv` (what arrived while this one was in flight), if any."""
+        self.receipts_in_flight.discard(conv)
         if isinstance(ack, dict) and ack.get("ok") is True:
             self.receipts_ok += 1
             self.receipts_acked[conv] = max(seq, self.receipts_acked.get(conv, 0))
-            return
+            return self.receipt_due(conv)
         self.receipt_failures += 1
         if self.receipted.get(conv) == seq:
             self.receipted[conv] = self.receipts_acked.get(conv, 0)
+        return None  # the next push or catch-up asks again
 
     def group_created(self, data: Any) -> list[Effect]:
         if isinstance(data, dict) and isinstance(data.get("group_id"), str):

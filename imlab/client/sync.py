@@ -207,9 +207,13 @@ class SyncChatClient(Transport):
         rid = next(self._receipt_ids)
 
         def on_ack(*args: Any) -> None:
+            following = None
             with self._lock:
                 if self._receipts_out.pop(rid, None) is not None:
-                    self.core.receipt_done(receipt.conv, receipt.seq, args[0] if args else None)
+                    ack = args[0] if args else None
+                    following = self.core.receipt_done(receipt.conv, receipt.seq, ack)
+            if following is not None:
+                self._send_receipt(following)
 
         request = receipt.request
         with self._lock:

@@ -124,7 +124,11 @@ async def test_offline_member_catches_up_100_messages_through_sync(sut: StageUnd
     await c.wait_for(lambda: len(c.messages(conv)) == 100, what="catch-up")
     assert seqs(c, conv) == list(range(1, 101))
     assert [m.body for m in c.messages(conv)] == [m.body for m in b.messages(conv)]
-    assert c.received_via["sync"] == 100
+    if p.FEATURE_RECEIPTS in c.core.features:
+        # v5 also pushes what c never acknowledged at its login: push and sync race.
+        assert c.received_via["sync"] + c.received_via["push"] == 100
+    else:
+        assert c.received_via["sync"] == 100
 
 
 @history_stages

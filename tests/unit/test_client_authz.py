@@ -110,9 +110,21 @@ def test_a_push_is_followed_by_a_receipt_of_the_highest_contiguous_seq() -> None
     assert first[-1] == SendReceipt("group:g1", 1)
     assert first[-1].request == Request(p.RECEIPT, {"conv": "group:g1", "seq": 1})
     assert core.receive(msg(3), "push", 2.0) == []  # held behind the gap: nothing new held
+    assert core.receipt_done("group:g1", 1, {"ok": True}) is None  # nothing more held yet
     effects = core.receive(msg(2), "push", 3.0)
     assert effects[-1] == SendReceipt("group:g1", 3)
     assert core.receive(msg(3), "push", 4.0) == []  # a duplicate: no delivery, no receipt
+    assert core.receipts_sent == 2
+
+
+def test_one_receipt_in_flight_per_conversation_the_ack_sends_the_next() -> None:
+    core = core_with(p.FEATURE_RECEIPTS)
+    assert core.receive(msg(1), "push", 1.0)[-1] == SendReceipt("group:g1", 1)
+    for seq in (2, 3, 4):  # arrive while the receipt of 1 is unanswered
+        assert not [
+            e for e in core.receive(msg(seq), "push", 1.0 + seq) if isinstance(e, SendReceipt)
+        ]
+    assert core.receipt_done("group:g1", 1, {"ok": True}) == SendReceipt("group:g1", 4)
     assert core.receipts_sent == 2
 
 
@@ -143,6 +155,7 @@ def test_a_message_pushed_twice_or_pushed_and_synced_reaches_the_application_onc
                 recorded.append(e.event)
 
     take(core.receive(msg(1), "push", 1.0))
+    core.receipt_done("group:g1", 1, {"ok": True})
     take(core.receive(msg(1), "push", 1.1))  # redelivered
     take(core.receive(msg(3), "push", 1.2))
     take(core.receive(msg(3), "push", 1.3))  # redelivered while held behind the gap

@@ -49,6 +49,7 @@ ROUTE_REFRESH = 5.0  # seconds between rewrites of this gateway's routes
 OUTBOX_SWEEP = 0.25  # seconds between sweeps of rows the fast path did not publish
 OUTBOX_GRACE = 1.0  # a row this old is the sweeper's
 OUTBOX_BATCH = 200  # rows per sweep
+OUTBOX_RETIRE = 0.1  # seconds between deletes of the rows the fast path published
 OUTBOX_CLAIM = 5.0  # seconds a sweeper holds its rows (longer than a publish's timeout);
 # a sweeper that dies holding rows leaves them to the others after that
 RECEIPT_FLUSH = 0.2  # seconds between writes of the receipts received
@@ -100,6 +101,7 @@ class Gateway(HistoryServer):
         self._revoked_before: dict[str, float] = {}  # user -> tokens issued before are dead
         self._last_revocation = 0
         self._receipts: dict[tuple[str, str], int] = {}
+        self._retired: list[int] = []  # outbox rows Kafka has, to delete in one statement
         self._loops: list[asyncio.Task[None]] = []
         self.metrics.gauge(
             "receipts_pending", lambda: len(self._receipts), "receipts not yet written"
@@ -117,6 +119,7 @@ class Gateway(HistoryServer):
             ("routes", ROUTE_REFRESH, self._refresh_routes),
             ("outbox", OUTBOX_SWEEP, self._sweep_outbox),
             ("receipts", RECEIPT_FLUSH, self._flush_receipts),
+            ("retire", OUTBOX_RETIRE, self._retire_published),
         ):
             self._loops.append(asyncio.create_task(self._every(name, every, step)))
 
@@ -128,6 +131,7 @@ class Gateway(HistoryServer):
                 await task
         with contextlib.suppress(*self.unavailable_errors):
             await self._flush_receipts()
+            await self._retire_published()
         await self.relay.stop()
         await self.link.stop()
         await self.store.close()
@@ -281,10 +285,19 @@ class Gateway(HistoryServer):
             if meta is None:  # no receipt: the row stays for the sweeper
                 self.metrics.inc("outbox_unreceipted")
                 return
-            await self.store.outbox_done([outbox_id])
+            self._retired.append(outbox_id)
         except self.unavailable_errors as exc:
             self.metrics.inc("outbox_deferred")
             log.debug("publish of %s deferred to the sweeper: %r", msg.msg_id, exc)
+
+    async def _retire_published(self) -> None:
+        if self._retired:
+            ids, self._retired = self._retired, []
+            try:
+                await self.store.outbox_done(ids)
+            except BaseException:
+                self._retired += ids  # next time; until then the sweeper may send them again
+                raise
 
     async def _sweep_outbox(self) -> None:
         rows = await self.store.outbox_take(OUTBOX_GRACE, OUTBOX_BATCH, OUTBOX_CLAIM)

@@ -29,6 +29,7 @@ from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
 from loadtest import protocol
+from loadtest.external import ExternalStage
 from loadtest.locustproc import LOCUSTFILE, REPO_ROOT, LocustProcess
 from loadtest.monitor import (
     CpuSampler,
@@ -71,6 +72,10 @@ class LoadOptions:
     runs_root: Path | None = None
     cluster: ClusterSpec | None = None
     quiet: bool = False
+    # A server imlab does not start (loadtest/external.py): the load goes to these URLs,
+    # speaking `stage`'s protocol; `external_pids` are its processes, for the CPU figures.
+    urls: list[str] = field(default_factory=list)
+    external_pids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -159,7 +164,13 @@ class LoadRun:
         self.loadgen.mkdir(exist_ok=True)
         self.processes = opts.processes or os.cpu_count() or 1
         self.spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
-        self.cluster = Cluster(self.spec, self.run_dir)
+        self.cluster: Cluster | ExternalStage
+        if opts.urls:
+            if any(f.kind != "churn" for f in self.faults.items):  # churn is the clients'
+                raise PlanError("faults other than churn need a stage imlab starts, not --url")
+            self.cluster = ExternalStage(opts.stage, opts.urls, self.run_dir, opts.external_pids)
+        else:
+            self.cluster = Cluster(self.spec, self.run_dir)
         self.plan: LoadPlan | None = None
         self.plan_env: dict[str, str] = {}
         self.features: set[str] = set()
@@ -269,6 +280,7 @@ class LoadRun:
         self._control(final=False)
         if self.faults:
             history = self.run_dir / "history-faults.jsonl"
+            assert isinstance(self.cluster, Cluster)  # refused with an external server
             self.live_faults = LiveFaults(self.cluster, self.faults, history=history)
             self.live_faults.start(self.send_start)
         total = self.send_end - self.send_start

@@ -15,7 +15,7 @@ import pytest
 from imlab_app.compare import plan_cases
 
 
-# Three load levels and a fault per stage: 8 real runs, about 1.5 minutes here.
+# Three load levels and a fault per stage: 8 real runs, at most about 2 minutes here.
 @pytest.mark.timeout(900)
 def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "cmp"

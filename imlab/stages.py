@@ -21,6 +21,21 @@ AUTH_KINDS = ("user", "token")
 # "postgres": a PostgreSQL server (imlab.services)
 SERVICES = ("redis", "kafka", "sentinel", "postgres")
 
+# The seed numbers its sections 一..六; docs/SEED.md maps them. Whatever imlab prints
+# (reports, the tour) says "seed §N": a machine without a CJK font shows the Chinese
+# numerals as empty boxes.
+SEED_NUMERALS = "一二三四五六"
+
+
+def seed_ref(section: str | int) -> str:
+    """`"四"` (or `4`, `"4"`) as `"seed §4"`."""
+    text = str(section).strip()
+    if text in SEED_NUMERALS:
+        return f"seed §{SEED_NUMERALS.index(text) + 1}"
+    if text.isascii() and text.isdigit():
+        return f"seed §{int(text)}"
+    raise ValueError(f"not a section of the seed: {section!r} (一..六 or 1..6)")
+
 
 @dataclass(frozen=True)
 class Role:
@@ -94,6 +109,11 @@ class StageInfo:
         """The role behind it, if any (v4's workers)."""
         return next((r for r in self.roles if not r.client_facing), None)
 
+    @property
+    def seed_ref(self) -> str:
+        """The seed's section as printed: `seed §4` (never the Chinese numeral)."""
+        return seed_ref(self.seed_section)
+
 
 def _parse(data: dict[str, Any], where: str) -> StageInfo:
     try:
@@ -125,6 +145,10 @@ def _parse(data: dict[str, Any], where: str) -> StageInfo:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: not a valid stage declaration ({exc!r})") from None
+    try:
+        seed_ref(info.seed_section)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     if info.auth not in AUTH_KINDS or not info.needs <= set(SERVICES):
         raise ValueError(f"{where}: auth must be one of {AUTH_KINDS}, needs within {SERVICES}")
     if info.needs_redis and info.needs_sentinel:

@@ -227,13 +227,13 @@ async def _demo(run_dir: Path) -> int:
         for cl in (a, b, c):
             await cl.connect()
         print(f"v2 up at {cluster.endpoints[0]}, redis {cluster.redis_url}")
-        await a.send(to="bob", body="吃了吗? (have you eaten?)")
+        await a.send(to="bob", body="chi le ma? (have you eaten?)")
         group = await a.create_group(["bob", "carol"], "lunch")
         gid = group["group_id"]
-        await b.send(group=gid, body="干啥去 (where to?)")
+        await b.send(group=gid, body="gan sha qu? (where to?)")
         await c.disconnect()
         print("carol drops off; bob and alice keep talking ...")
-        await b.send(group=gid, body="去吃饭 (let's eat)")
+        await b.send(group=gid, body="qu chi fan (let's eat)")
         await a.send(group=gid, body="noodles?")
         await c.connect()
         conv = f"group:{gid}"
@@ -253,7 +253,7 @@ async def _demo(run_dir: Path) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """A scripted three-person conversation on v2: the seed's 老王 story, with a drop."""
+    """A scripted three-person conversation on v2: the seed's Lao Wang story, with a drop."""
     return asyncio.run(_demo(new_run_dir("demo", "v2")))
 
 

@@ -4,14 +4,21 @@ one report (`imlab report`) and the main table on the terminal.
 
 The matrix is data (`plan_cases`), so what a comparison covers can be read in one
 place; `--quick` is the same matrix, smaller and shorter.
+
+The real runs follow one another without idle gaps but never overlap where it counts:
+while one run finishes (final catch-up, stopping, judging), the next real run starts
+its stage and connects its users, then waits; its send window opens only once the
+previous run is over, so no run is measured while another's processes are alive.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -39,6 +46,11 @@ SERVICE_FAULTS = frozenset(
     }
 )
 MAX_DRAIN = 10.0  # seconds a run waits for stragglers after its send window
+# The drain ends once nothing has arrived for this long (`imlab load` waits 1.5 s). The
+# Locust processes report every 0.5 s, so that is two reports without a change; a
+# delivery later than that is not lost: the final catch-up fetches it, and the checker
+# counts it as delivered by sync.
+SETTLE = 1.0
 
 
 def stage_faults(stage: str, quick: bool) -> tuple[str, ...]:
@@ -78,7 +90,11 @@ def plan_cases(
     *, quick: bool, only: Sequence[str] | None = None, real: bool = True, sim: bool = True
 ) -> list[Case]:
     """The comparison matrix: fault-free load levels per scenario, then each stage's faults."""
-    duration = 6.0 if quick else 12.0
+    duration = 6.0 if quick else 12.0  # a fault run: the fault, its effect, the recovery
+    # A fault-free level needs less: its rate is steady from the first second. Quick
+    # levels send for 4 s (64 to 1,024 sends at 16 users): long enough for p99 and for a
+    # saturated stage's backlog to show, and 24 s of the quick comparison's 3 minutes.
+    level_duration = 4.0 if quick else duration
     users = 16 if quick else 32
     # Three or more fault-free load levels per stage, so throughput and p99 against offered
     # load are curves; the highest is past where v3 stops keeping up on two shared cores
@@ -94,7 +110,7 @@ def plan_cases(
             if not groups and scenario != scenarios[0]:
                 continue
             for rate in levels if sc in ("group", "dm") else levels[:1]:
-                cases.append(Case("real", stage, sc, users, rate, duration))
+                cases.append(Case("real", stage, sc, users, rate, level_duration))
         for spec in stage_faults(stage, quick):
             sc = "group" if groups else "dm"
             cases.append(
@@ -175,8 +191,10 @@ def run_case(
     seed: int,
     broker: BrokerChoice | None = None,
     shared: SharedServices | None = None,
+    hooks: Any = None,
 ) -> Path:
-    """Carry out one case into `run_dir`; returns the run folder (with metrics.json)."""
+    """Carry out one case into `run_dir`; returns the run folder (with metrics.json).
+    `hooks` (`loadtest.runner.Hooks`) reach a real run: see `Prestart`."""
     same: dict[str, Any] = {
         "stage": case.stage,
         "scenario": case.scenario,
@@ -188,6 +206,10 @@ def run_case(
         "run_dir": run_dir,
         "quiet": True,
         "max_drain": MAX_DRAIN,  # the same for both twins, so the report pairs them
+        "settle": SETTLE,
+        # every user in the first second: Locust's default batches of 10 a second
+        # held each run a second longer before its send window, for nothing it measures
+        "spawn_rate": float(max(case.users, 10)),
     }
     if case.kind == "real":
         from loadtest.runner import LoadOptions, run_load
@@ -198,7 +220,7 @@ def run_case(
         else:
             spec = ClusterSpec(case.stage, broker=b.kind, brokers=b.brokers)
         opts = LoadOptions(**same, cluster=spec)
-        done = run_load(opts, out=io.StringIO()).run_dir
+        done = run_load(opts, out=io.StringIO(), hooks=hooks).run_dir
         if shared is not None and shared.wants(case):
             shared.note(done)
         return done
@@ -222,6 +244,63 @@ def _eta(done: list[tuple[Case, float]], remaining: Sequence[Case]) -> float:
     return est
 
 
+class Abandoned(Exception):
+    """A prestarted run that the comparison will not carry out (it was interrupted)."""
+
+
+class Prestart:
+    """A real case carried out in a thread: it starts its stage and connects its users
+    at once, then holds before its send window until `release()`. `measured` is set once
+    its drain is over (or it failed): from then on nothing it measures is running, so
+    the next case may start its processes."""
+
+    def __init__(self, case: Case, run_dir: Path, seed: int, broker: BrokerChoice | None,
+                 shared: SharedServices) -> None:  # fmt: skip
+        from loadtest.runner import Hooks
+
+        self._gate = threading.Event()
+        self._abandoned = False
+        self.measured = threading.Event()
+        self.error: BaseException | None = None
+        hooks = Hooks(
+            ready=self._wait_for_release,
+            measured=self.measured.set,
+            cancelled=lambda: self._abandoned,
+        )
+        args = (case, run_dir, seed, broker, shared, hooks)
+        self._thread = threading.Thread(target=self._run, args=args, name=f"case-{run_dir.name}")
+        self._thread.start()
+
+    def _wait_for_release(self) -> None:
+        self._gate.wait()
+        if self._abandoned:
+            raise Abandoned("the comparison was interrupted before this run's send window")
+
+    def _run(self, *args: Any) -> None:
+        try:
+            run_case(*args)
+        except BaseException as exc:  # handed to the main thread by finish()
+            self.error = exc
+        finally:
+            self.measured.set()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def finish(self) -> None:
+        """Wait for the whole run (verdict included); raises what it raised."""
+        self.release()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """Stop the run wherever it is (it stops its processes) and wait for it."""
+        self._abandoned = True
+        self._gate.set()
+        self._thread.join()
+
+
 def _run_all(
     cases: Sequence[Case],
     runs_dir: Path,
@@ -230,31 +309,53 @@ def _run_all(
     broker: BrokerChoice | None,
     shared: SharedServices,
 ) -> list[dict[str, Any]]:
-    """Every case in turn, each reported as it starts; a failed one is recorded, not fatal."""
+    """Every case in turn, each reported as it starts; a failed one is recorded, not fatal.
+    A real case is started while the real case before it finishes (`Prestart`)."""
+    names = []
+    for i, case in enumerate(cases):
+        fault_tag = case.faults.split(":")[0] if case.faults else "nofault"
+        names.append(f"{i:02d}-{case.kind}-{case.stage}-{case.scenario}-r{case.rate:g}-{fault_tag}")
+    real = [i for i, c in enumerate(cases) if c.kind == "real"]
+    following = dict(itertools.pairwise(real))
+    started: dict[int, Prestart] = {}
+
+    def start(i: int) -> Prestart:
+        if i not in started:
+            started[i] = Prestart(cases[i], runs_dir / names[i], seed, broker, shared)
+        return started[i]
+
     done: list[tuple[Case, float]] = []
     results: list[dict[str, Any]] = []
-    for i, case in enumerate(cases):
-        left = _eta(done, cases[i:])
-        print(
-            f"[{i + 1}/{len(cases)}] {case.label}  (about {left:.0f}s left)", file=out, flush=True
-        )
-        fault_tag = case.faults.split(":")[0] if case.faults else "nofault"
-        name = f"{i:02d}-{case.kind}-{case.stage}-{case.scenario}-r{case.rate:g}-{fault_tag}"
-        t0 = time.time()
-        entry: dict[str, Any] = {"case": asdict(case), "run_dir": str(runs_dir / name)}
-        try:
-            run_case(case, runs_dir / name, seed, broker, shared)
-            entry["ok"] = True
-        except Exception as exc:  # one failed case is reported; the comparison goes on
-            entry["ok"] = False
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            (runs_dir / name).mkdir(parents=True, exist_ok=True)
-            (runs_dir / name / "error.txt").write_text(traceback.format_exc())
-            print(f"      failed: {entry['error']}", file=out, flush=True)
-        entry["seconds"] = round(time.time() - t0, 2)
-        done.append((case, entry["seconds"]))
-        results.append(entry)
-
+    try:
+        for i, case in enumerate(cases):
+            left = _eta(done, cases[i:])
+            print(f"[{i + 1}/{len(cases)}] {case.label}  (about {left:.0f}s left)",
+                  file=out, flush=True)  # fmt: skip
+            t0 = time.time()
+            entry: dict[str, Any] = {"case": asdict(case), "run_dir": str(runs_dir / names[i])}
+            try:
+                if case.kind == "real":
+                    job = start(i)
+                    job.release()
+                    job.measured.wait()
+                    if i in following:
+                        start(following[i])
+                    job.finish()
+                else:
+                    run_case(case, runs_dir / names[i], seed, broker, shared)
+                entry["ok"] = True
+            except Exception as exc:  # one failed case is reported; the comparison goes on
+                entry["ok"] = False
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                (runs_dir / names[i]).mkdir(parents=True, exist_ok=True)
+                (runs_dir / names[i] / "error.txt").write_text(traceback.format_exc())
+                print(f"      failed: {entry['error']}", file=out, flush=True)
+            entry["seconds"] = round(time.time() - t0, 2)
+            done.append((case, entry["seconds"]))
+            results.append(entry)
+    finally:
+        for job in started.values():  # after an interruption: stop what is still running
+            job.abandon()
     return results
 
 

@@ -42,8 +42,8 @@ class Narrator:
         self.out.flush()
 
     def stage(self, info: stages.StageInfo, urls: Sequence[str]) -> None:
-        self.section, self.n = info.seed_section, 0
-        self.say(f"\n=== {info.name}: {info.title} (seed section {info.seed_section}) ===")
+        self.section, self.n = info.seed_ref, 0
+        self.say(f"\n=== {info.name}: {info.title} ({info.seed_ref}) ===")
         self.say(f"    running for real: {', '.join(urls)}")
 
     async def step(self, title: str) -> None:
@@ -56,7 +56,7 @@ class Narrator:
         self.say(f"    {line}")
 
     def why(self, text: str) -> None:
-        self.say(f"    why: {text} (seed section {self.section}, docs/SEED.md)")
+        self.say(f"    why: {text} ({self.section}, docs/SEED.md)")
 
 
 class Device(AsyncChatClient):

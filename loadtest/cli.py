@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--step-every", type=float, default=10.0)
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-load-<stage>)")
+    p.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="load a server already running here instead of starting the stage (repeatable); "
+        "it must speak --stage's protocol (a peer such as benchmarks/node_peer/); no faults",
+    )
     add_cluster_args(p)
     p.set_defaults(func=cmd_load)
 
@@ -102,6 +109,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             step_every=args.step_every,
             run_dir=Path(args.run_dir) if args.run_dir else None,
             cluster=spec_from_args(args.stage, args),
+            urls=list(args.url),
         )
         run = LoadRun(opts, sys.stdout)
     except (PlanError, FaultSpecError, ValueError) as exc:

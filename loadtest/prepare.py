@@ -11,6 +11,7 @@ from imlab import stages
 from imlab.client import AsyncChatClient, HistoryRecorder
 from imlab.cluster import Cluster
 from imlab.experiment.scenarios import check_scenario, group_indices
+from loadtest.external import ExternalStage
 from loadtest.plan import LoadPlan
 
 
@@ -19,7 +20,7 @@ class LoadRunError(RuntimeError):
 
 
 async def prepare(
-    plan: LoadPlan, cluster: Cluster, history: Path, secret: str
+    plan: LoadPlan, cluster: Cluster | ExternalStage, history: Path, secret: str
 ) -> tuple[set[str], dict[str, list[str]]]:
     """Ask the stage what it can do, then create the planned groups (their first
     member creates each). Returns the stage's features and {group_id: members}."""

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +30,7 @@ from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
 from loadtest import protocol
+from loadtest.external import ExternalStage
 from loadtest.locustproc import LOCUSTFILE, REPO_ROOT, LocustProcess
 from loadtest.monitor import (
     CpuSampler,
@@ -41,7 +43,7 @@ from loadtest.plan import LoadPlan, StepShape
 from loadtest.prepare import LoadRunError, prepare
 from loadtest.progress import Progress, status_line, verdict_lines
 
-__all__ = ["LoadOptions", "LoadResult", "LoadRun", "LoadRunError", "run_load"]
+__all__ = ["Hooks", "LoadOptions", "LoadResult", "LoadRun", "LoadRunError", "run_load"]
 
 
 @dataclass
@@ -71,6 +73,10 @@ class LoadOptions:
     runs_root: Path | None = None
     cluster: ClusterSpec | None = None
     quiet: bool = False
+    # A server imlab does not start (loadtest/external.py): the load goes to these URLs,
+    # speaking `stage`'s protocol; `external_pids` are its processes, for the CPU figures.
+    urls: list[str] = field(default_factory=list)
+    external_pids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -105,9 +111,27 @@ def build_plan(opts: LoadOptions, endpoints: list[str], run_dir: Path, churn: fl
     )
 
 
-def run_load(opts: LoadOptions, out: TextIO | None = None) -> LoadResult:
+@dataclass(frozen=True)
+class Hooks:
+    """Where a caller that runs several loads back to back (`imlab compare`) steps in.
+
+    `ready` is called once every user is connected, just before the send window opens;
+    it may block (until the machine is this run's alone) or raise (to abandon the run,
+    which is then stopped). `measured` is called once the drain is over: nothing this run
+    measures happens after it, so the next run may start its processes meanwhile. While
+    `cancelled()` says so, the run stops at its next check (a run in a thread cannot be
+    interrupted by Ctrl-C)."""
+
+    ready: Callable[[], None] | None = None
+    measured: Callable[[], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+
+def run_load(
+    opts: LoadOptions, out: TextIO | None = None, hooks: Hooks | None = None
+) -> LoadResult:
     """Carry out one load run and judge it; raises LoadRunError/PlanError when it cannot."""
-    return LoadRun(opts, out or sys.stdout).execute()
+    return LoadRun(opts, out or sys.stdout, hooks).execute()
 
 
 FAULT_RECOVERY = 3.0  # seconds the drain waits after the last fault window closed
@@ -117,12 +141,12 @@ class LoadRun:
     """One run's steps, in order; `execute()` stops every process it started, whatever
     happens, and judges the run only when all steps went through."""
 
-    def __init__(self, opts: LoadOptions, out: TextIO) -> None:
-
+    def __init__(self, opts: LoadOptions, out: TextIO, hooks: Hooks | None = None) -> None:
         if opts.rate <= 0 or opts.duration <= 0:
             raise PlanError("rate and duration must be positive")
         check_scenario(opts.scenario, opts.users, opts.group_size)
         self.opts = opts
+        self.hooks = hooks or Hooks()
         self.say = Progress(out, opts.quiet)
         self.faults = parse_faults(opts.faults)
         churn = opts.churn
@@ -141,7 +165,13 @@ class LoadRun:
         self.loadgen.mkdir(exist_ok=True)
         self.processes = opts.processes or os.cpu_count() or 1
         self.spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
-        self.cluster = Cluster(self.spec, self.run_dir)
+        self.cluster: Cluster | ExternalStage
+        if opts.urls:
+            if any(f.kind != "churn" for f in self.faults.items):  # churn is the clients'
+                raise PlanError("faults other than churn need a stage imlab starts, not --url")
+            self.cluster = ExternalStage(opts.stage, opts.urls, self.run_dir, opts.external_pids)
+        else:
+            self.cluster = Cluster(self.spec, self.run_dir)
         self.plan: LoadPlan | None = None
         self.plan_env: dict[str, str] = {}
         self.features: set[str] = set()
@@ -162,8 +192,13 @@ class LoadRun:
             self._start_stage()
             self._start_locust()
             self._await_users()
+            if self.hooks.ready is not None:
+                self.hooks.ready()
+                self.times["released"] = time.time()
             self._send_window()
             self._drain()
+            if self.hooks.measured is not None:
+                self.hooks.measured()
             self._final_sync()
         finally:
             self._stop()
@@ -246,6 +281,7 @@ class LoadRun:
         self._control(final=False)
         if self.faults:
             history = self.run_dir / "history-faults.jsonl"
+            assert isinstance(self.cluster, Cluster)  # refused with an external server
             self.live_faults = LiveFaults(self.cluster, self.faults, history=history)
             self.live_faults.start(self.send_start)
         total = self.send_end - self.send_start
@@ -295,7 +331,7 @@ class LoadRun:
         else:
             late = self.status.get("started", 0) - self.status.get("finished", 0)
             self.warnings.append(f"{late} users did not finish their final sync in time")
-        self.drain_end = time.time()
+        self.drain_end = self.times["synced"] = time.time()
         self.say.end_line()
         after = self.drain_end - self.send_end
         self.say.say(f"final sync done ({after:.1f}s after the send window); stopping")
@@ -306,9 +342,11 @@ class LoadRun:
             self.live_faults.stop()
         if self.locust is not None:
             self.locust_code = self.locust.stop()
+            self.times["locust_stopped"] = time.time()
         if self.sampler is not None:
             self.sampler.stop()
         self.cluster.stop()
+        self.times["stopped"] = time.time()
 
     # ------------------------------------------------------------ the verdict
 
@@ -407,6 +445,8 @@ class LoadRun:
     def _snapshot(self) -> dict[str, Any]:
         """The Locust processes' summed status; raises if Locust has died."""
         self.status = total_status(protocol.read_status(self.loadgen))
+        if self.hooks.cancelled is not None and self.hooks.cancelled():
+            raise LoadRunError("the run was cancelled")
         if self.locust is not None and not self.locust.running():
             raise LoadRunError(
                 f"Locust exited early (code {self.locust.proc.returncode}); "

@@ -46,7 +46,7 @@ class Edge:
 class Architecture:
     stage: str
     title: str
-    seed_section: str
+    seed_section: int  # the seed's section, 1..6 (docs/SEED.md maps them to 一..六)
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
     handoff: str  # how a message reaches a member connected elsewhere
@@ -66,7 +66,7 @@ class Architecture:
 V1 = Architecture(
     stage="v1",
     title="one server, one-to-one chat only",
-    seed_section="二",
+    seed_section=2,
     nodes=(
         Node("a", "client A", "client", 0, 1),
         Node("s", "server", "server", 1.3, 1, note="user → socket map, in memory"),
@@ -87,7 +87,7 @@ V1 = Architecture(
 V2 = Architecture(
     stage="v2",
     title="one server + Redis: groups and stored history",
-    seed_section="三",
+    seed_section=3,
     nodes=(
         Node("a", "client A", "client", 0, 1),
         Node("s", "server", "server", 1.3, 1, note="groups; pushes to members connected here"),
@@ -108,7 +108,7 @@ V2 = Architecture(
 V3 = Architecture(
     stage="v3",
     title="N servers + Redis routing + a Kafka topic per group",
-    seed_section="四",
+    seed_section=4,
     nodes=(
         Node("a", "client A", "client", 0, 2),
         Node("sa", "server A", "server", 1.3, 2, note="Socket.IO + Kafka consumer", many=True),
@@ -143,7 +143,7 @@ V3 = Architecture(
 V4 = Architecture(
     stage="v4",
     title="G gateways + W consumer workers + Redis + Kafka",
-    seed_section="五",
+    seed_section=5,
     nodes=(
         Node("a", "client A", "client", 0, 2),
         Node("ga", "gateway A", "gateway", 1.3, 2, note="connections; token check", many=True),
@@ -180,7 +180,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.stage: a for a in (V1, V2, V3, V4)}
 
 def markdown(arch: Architecture) -> str:
     """The description as Markdown, for a stage's STEP.md."""
-    lines = [f"**{arch.stage}: {arch.title}** (seed section {arch.seed_section})", ""]
+    lines = [f"**{arch.stage}: {arch.title}** (seed §{arch.seed_section})", ""]
     lines.append("Parts:")
     for n in arch.nodes:
         many = " (one of several)" if n.many else ""

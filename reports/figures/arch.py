@@ -21,8 +21,7 @@ def architecture(runs: Sequence[RunData], out: Path) -> list[Item]:
         names = {n.id: n.label for n in arch.nodes}
         steps = [f"{names[e.src]} → {names[e.dst]}: {e.label}" for e in arch.path()]
         caption: Text = [
-            f"{stage} (seed section {arch.seed_section} in docs/SEED.md). "
-            "One message, step by step: ",
+            f"{stage} (seed §{arch.seed_section} in docs/SEED.md). One message, step by step: ",
             "; ".join(steps),
             f". Hand-off to a member on another node: {arch.handoff}. ",
             f"The seed's open problem, which the runs measure: {arch.open_problem}.",

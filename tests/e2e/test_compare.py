@@ -4,6 +4,7 @@ v4 with one): every case runs, real and simulated, and the report and summary ex
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from imlab_app.compare import plan_cases
 
 
-# Three load levels and a fault per stage: 8 real runs, about 2 minutes here.
+# Three load levels and a fault per stage: 8 real runs, at most about 2 minutes here.
 @pytest.mark.timeout(900)
 def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
@@ -30,5 +31,11 @@ def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert all(c["ok"] for c in summary["cases"])
     for c in summary["cases"]:
         assert (Path(c["run_dir"]) / "metrics.json").exists()
+    # Each real run starts while the one before finishes, but sends only once it is over.
+    real = [json.loads((Path(c["run_dir"]) / "manifest.json").read_text())
+            for c in summary["cases"] if c["case"]["kind"] == "real"]  # fmt: skip
+    for a, b in itertools.pairwise(real):
+        a_stopped = a["drain_end"] + a["timing"]["stopped"] - a["timing"]["synced"]
+        assert b["started_at"] > a_stopped, (a["timing"], b["timing"])
     assert (out / "report" / "index.html").exists()
     assert "report:" in proc.stdout and "| run |" in proc.stdout

@@ -43,6 +43,7 @@ window.addEventListener("load", () => {
     tableRoom: table ? table.parentElement.clientWidth : -1,
     texts: [...document.querySelectorAll("figcaption, dl.run, p.note, table.main")]
       .map(e => e.innerText),
+    pageText: document.body.innerText,
   };
   const out = document.createElement("pre");
   out.id = "probe";
@@ -115,3 +116,10 @@ def test_report_reads_cleanly_in_chromium(report: Path) -> None:
     assert any("accepted sends" in t for t in texts), "no fault caption found"
     offending = [t for t in texts if bad.search(t)]
     assert offending == [], "captions with None, nan or a raw dict:\n" + "\n".join(offending)
+    # CI has no CJK font: the seed's sections read `seed §N`, never a boxed numeral.
+    cjk = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "seed §" in found["pageText"]
+    for where, text in (("the page as shown", found["pageText"]), ("index.html", page)):
+        hit = cjk.search(text)
+        assert not hit, f"CJK in {where}: {text[max(0, hit.start() - 80) : hit.end() + 80]!r}"

@@ -17,7 +17,8 @@ def test_tour_v3_runs_unattended_and_shows_the_reconnect_and_the_sync() -> None:
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "end of the tour" in out
-    assert "seed section 四" in out
+    assert "(seed §4)" in out and "(seed §4, docs/SEED.md)" in out
+    assert not re.search(r"[\u3000-\u9fff]", out), "CJK in the tour's output"
     nodes = set(re.findall(r"\] connected to (server-\d)", out))
     assert len(nodes) == 3, f"the members sit on three servers: {nodes}\n{out}"
     killed = re.search(r"step \d+: (server-\d) \(bob's server\) is killed", out)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.image
+import matplotlib.text
 import pytest
 
+from imlab import stages
 from reports.architecture import ARCHITECTURES, markdown
 from reports.cli import register
 from reports.figures import Figure
@@ -190,8 +192,8 @@ def make_run(
 # --------------------------------------------------------------------------- the report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Names that contain digits but are not numbers: stages and percentiles.
-NAME_TOKENS = re.compile(r"\bv\d+\b|\bp\d+(?:\.\d+)?\b")
+# Names that contain digits but are not numbers: stages, percentiles, the seed's sections.
+NAME_TOKENS = re.compile(r"\bv\d+\b|\bp\d+(?:\.\d+)?\b|§\d\b")
 
 
 @pytest.fixture(scope="module")
@@ -520,6 +522,36 @@ def test_architecture_descriptions_hold_together() -> None:
         text = markdown(arch)
         assert all(n.label in text for n in arch.nodes)
         assert arch.open_problem in text
+        assert stages.stage(stage).seed_ref == f"seed §{arch.seed_section}", stage
+
+
+CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+
+def test_no_cjk_in_the_page_the_summary_or_the_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI has no CJK font: a Chinese numeral would render as an empty box, in the HTML
+    text and in a PNG alike. The seed's sections show as `seed §N`."""
+    drawn: list[str] = []
+    draw = matplotlib.text.Text.draw
+
+    def recording(self: matplotlib.text.Text, renderer: Any) -> None:
+        drawn.append(self.get_text())
+        draw(self, renderer)
+
+    monkeypatch.setattr(matplotlib.text.Text, "draw", recording)
+    common: dict[str, Any] = {"users": 8, "rate": 2.0, "duration": 8.0}
+    make_run(tmp_path / "runs", "v2-group", stage="v2", **common)
+    make_run(tmp_path / "runs", "v3-group", stage="v3", **common)
+    report = build_report([tmp_path / "runs"], tmp_path / "report")
+    page = report.html.read_text(encoding="utf-8")
+    summary = (report.out / "summary.md").read_text(encoding="utf-8")
+    assert "seed §2" in page and "seed §5" in page
+    assert any("v4" in t for t in drawn), "the figures' text was not recorded"
+    texts = [("index.html", page), ("summary.md", summary), *[("a PNG", t) for t in drawn]]
+    for where, text in texts:
+        assert not CJK.search(text), f"CJK in {where}: {text[:200]!r}"
 
 
 def test_v4_broker_loss_is_explained_as_pushes_recovered_by_sync(tmp_path: Path) -> None:

@@ -58,3 +58,19 @@ def test_a_stage_may_need_a_sentinel_set_and_postgres_but_one_redis() -> None:
     data["needs"] = ["redis", "sentinel"]
     with pytest.raises(ValueError, match="either redis or sentinel"):
         _parse(data, "x/stage.toml")
+
+
+def test_the_seeds_sections_print_as_numbers_never_as_chinese_numerals() -> None:
+    """stage.toml keeps the seed's own numeral; what imlab prints is `seed §N`, because
+    a machine without a CJK font (CI's) shows 二..五 as empty boxes."""
+    assert [stages.stage(n).seed_ref for n in ("v1", "v2", "v3", "v4")] == [
+        "seed §2",
+        "seed §3",
+        "seed §4",
+        "seed §5",
+    ]
+    assert stages.seed_ref("六") == stages.seed_ref(6) == stages.seed_ref("6") == "seed §6"
+    data = tomllib.loads(V4.read_text())
+    data["seed_section"] = "七"
+    with pytest.raises(ValueError, match=r"x/stage\.toml: not a section of the seed"):
+        _parse(data, "x/stage.toml")

@@ -268,6 +268,11 @@ class SqlStore:
 
     async def latest(self, user: str) -> dict[str, int]:
         """Every conversation of `user` with the last seq `user` may see in it."""
+        return {conv: hi for conv, (_, hi) in (await self.visible(user)).items()}
+
+    async def visible(self, user: str) -> dict[str, tuple[int, int]]:
+        """Every conversation of `user` with the seqs `user` may see in it: lo < seq <= hi
+        (a group member sees from joining to leaving)."""
         rows = await self.pool.fetch(
             "SELECT uc.conv, c.last_seq, m.joined_seq, m.left_seq"
             " FROM user_convs uc JOIN convs c ON c.conv = uc.conv"
@@ -275,12 +280,12 @@ class SqlStore:
             " WHERE uc.user_id = $1 ORDER BY uc.conv",
             user,
         )
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, int]] = {}
         for r in rows:
             last = int(r["last_seq"])
             if r["left_seq"] is not None:
                 last = min(last, int(r["left_seq"]))
-            out[r["conv"]] = last
+            out[r["conv"]] = (int(r["joined_seq"] or 0), last)
         return out
 
     async def sync(
@@ -391,8 +396,9 @@ class SqlStore:
             out[r["gid"]].append(Membership(r["user_id"], r["joined_seq"], r["left_seq"]))
         return out
 
-    async def add_members(self, gid: str, users: Sequence[str]) -> list[str]:
-        """Make `users` members from the next message on; returns those who were not."""
+    async def add_members(self, gid: str, users: Sequence[str]) -> tuple[list[str], int]:
+        """Make `users` members from the next message on; returns those who were not, and
+        the seq they joined after."""
         conv = group_conv(gid)
         async with self.pool.acquire() as con, con.transaction():
             # The conversation's row lock orders this change against concurrent sends.
@@ -411,7 +417,7 @@ class SqlStore:
                 "INSERT INTO user_convs (user_id, conv) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 [(u, conv) for u in added],
             )
-        return added
+        return added, int(last or 0)
 
     async def remove_members(self, gid: str, users: Sequence[str]) -> list[str]:
         """End `users`' membership at the current seq; returns those who were members."""
@@ -479,9 +485,10 @@ class SqlStore:
 
     async def unacknowledged(self, user: str, limit: int) -> list[Message]:
         """What `user` may see and has not acknowledged, oldest first per conversation."""
-        upto = await self.latest(user)
+        seen = await self.visible(user)
         acked = await self.receipts(user)
-        return await self.messages_after(acked, upto, limit)
+        after = {conv: max(lo, acked.get(conv, 0)) for conv, (lo, _) in seen.items()}
+        return await self.messages_after(after, {c: hi for c, (_, hi) in seen.items()}, limit)
 
     # ------------------------------------------------------------ revocations
 

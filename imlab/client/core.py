@@ -408,6 +408,11 @@ class ClientCore:
                 if not ack.get("ok"):
                     break
                 messages = ack.get("messages") or []
+                floor = ack.get("visible_from")
+                if isinstance(floor, int) and floor > after:
+                    for effect in self._start_after(conv, floor, answer.now):
+                        recovered += isinstance(effect, Delivered)
+                        yield effect
                 for m in messages:
                     for effect in self.receive(m, H.VIA_SYNC, answer.now):
                         recovered += isinstance(effect, Delivered)
@@ -434,17 +439,25 @@ class ClientCore:
         except (KeyError, TypeError, ValueError):
             self.malformed += 1
             return []
-        effects: list[Effect] = []
-        for m, path in self.inbox.accept(msg, via):
-            self.received.setdefault(m.conv, []).append(m)
-            self.received_via[path] += 1
-            fields = {"conv": m.conv, "msg": m.client_msg_id, "seq": m.seq, "sender": m.sender}
-            effects += [self.record(H.RECV, now, **fields, via=path), Delivered(m, path)]
+        effects = self._delivered(self.inbox.accept(msg, via), now)
         if via == H.VIA_PUSH and msg.seq is not None:
             due = self.receipt_due(msg.conv)
             if due is not None:
                 effects.append(due)
         return effects
+
+    def _delivered(self, released: list[tuple[Message, str]], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for m, path in released:
+            self.received.setdefault(m.conv, []).append(m)
+            self.received_via[path] += 1
+            fields = {"conv": m.conv, "msg": m.client_msg_id, "seq": m.seq, "sender": m.sender}
+            effects += [self.record(H.RECV, now, **fields, via=path), Delivered(m, path)]
+        return effects
+
+    def _start_after(self, conv: str, seq: int, now: float) -> list[Effect]:
+        """The stage says `conv` starts for this client after `seq` (joined later)."""
+        return self._delivered(self.inbox.start_after(conv, seq), now)
 
     # --- receipts
 
@@ -504,7 +517,11 @@ class ClientCore:
         rec = self.record(
             H.GROUP_CHANGE, now, conv=p.group_conv(group), added=added, removed=removed, by=by
         )
-        return [rec, GroupChanged(data)]
+        effects: list[Effect] = [rec, GroupChanged(data)]
+        floor = data.get("from_seq")
+        if self.user in added and isinstance(floor, int) and floor >= 0:
+            effects += self._start_after(p.group_conv(group), floor, now)
+        return effects
 
 
 def _user_list(value: object) -> list[str]:

@@ -45,6 +45,25 @@ class Inbox:
             del self.pending[conv]
         return out
 
+    def start_after(self, conv: str, seq: int) -> list[tuple[Message, str]]:
+        """Nothing at or below `seq` of `conv` is this client's to see (it joined the
+        group then): deliver from `seq + 1` on, with what waited behind that point."""
+        cur = self.max_seq.get(conv, 0)
+        if seq <= cur:
+            return []
+        waiting = self.pending.get(conv, {})
+        for s in [s for s in waiting if s <= seq]:
+            del waiting[s]
+        out = []
+        nxt = seq + 1
+        while nxt in waiting:
+            out.append(waiting.pop(nxt))
+            nxt += 1
+        self.max_seq[conv] = nxt - 1
+        if not waiting:
+            self.pending.pop(conv, None)
+        return out
+
     def gaps(self) -> dict[str, int]:
         """Conversations with a gap, and the seq to sync after."""
         return {conv: self.max_seq.get(conv, 0) for conv in self.pending}

@@ -208,18 +208,27 @@ async def test_removed_member_gets_nothing_after_removal_and_cannot_sync_it(v5: 
         gid = created["group_id"]
         conv = p.group_conv(gid)
         assert (await carol.group_add(gid, [dave.user]))["error"]["code"] == "forbidden"
+        await admin.send(group=gid, body="early")  # before dave joins: never his to read
         added = await admin.group_add(gid, [dave.user])
         assert added["ok"] and dave.user in added["members"]
         await admin.send(group=gid, body="before")
-        await carol.wait_for(lambda: len(carol.messages(conv)) == 1, what="before")
+        await carol.wait_for(lambda: len(carol.messages(conv)) == 2, what="before")
         removed = await admin.group_remove(gid, [carol.user])
         assert removed["ok"] and carol.user not in removed["members"]
         await admin.send(group=gid, body="after")
-        await dave.wait_for(lambda: len(dave.messages(conv)) == 2, what="after, at dave")
+        await dave.wait_for(
+            lambda: [m.body for m in dave.messages(conv)] == ["before", "after"], what="dave's"
+        )
         await asyncio.sleep(0.5)
-        assert [m.body for m in carol.messages(conv)] == ["before"]
+        assert [m.body for m in carol.messages(conv)] == ["early", "before"]
         page = await carol.sync(conv, 0)
-        assert [m["body"] for m in page["messages"]] == ["before"]
+        assert [m["body"] for m in page["messages"]] == ["early", "before"]
+        # dave logs in again: neither redelivery nor his catch-up shows him "early"
+        await dave.disconnect(reconnect=True)
+        await dave.wait_for(lambda: dave.core.connects >= 2, what="dave's reconnect")
+        await asyncio.sleep(0.5)
+        assert [m.body for m in dave.messages(conv)] == ["before", "after"]
+        assert [m["body"] for m in (await dave.sync(conv, 0))["messages"]] == ["before", "after"]
         sent = await carol.send(group=gid, body="still here?")
         assert sent["error"]["code"] == "forbidden"
         left = await dave.group_leave(gid)

@@ -191,3 +191,13 @@ async def test_the_asyncio_client_refreshes_its_token_before_it_expires() -> Non
     assert len(calls) == 1 and calls[0] >= now + 0.04 and client.token == "t1"
     assert client._refresher is not None and not client._refresher.done()  # waits for next
     client._refresher.cancel()
+
+
+def test_a_member_added_later_starts_after_the_seq_it_joined_at() -> None:
+    core = core_with(p.FEATURE_HISTORY, p.FEATURE_GROUPS)
+    assert core.receive(msg(5), "push", 1.0) == []  # held: seqs 1-4 are not ours to see
+    data = {"group": "g1", "added": ["bob"], "removed": [], "by": "carol", "from_seq": 4}
+    effects = core.group_changed(data, 2.0)
+    assert [m.seq for m in core.received["group:g1"]] == [5]
+    assert any(isinstance(e, Delivered) for e in effects)
+    assert core.inbox.gaps() == {}

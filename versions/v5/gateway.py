@@ -356,6 +356,7 @@ class Gateway(HistoryServer):
     async def sync(self, user: str, req: p.SyncRequest) -> dict[str, Any]:
         upto = None
         after = req.after_seq
+        floor = 0
         if req.conv.kind == "dm":
             if user not in req.conv.members:
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not in {req.conv.id}")
@@ -366,13 +367,15 @@ class Gateway(HistoryServer):
                     raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {req.conv.group_id}")
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} is not a member of {req.conv.id}")
             upto = m.left_seq  # a removed member reads nothing sent after the removal
-            after = max(after, m.joined_seq)
+            floor = m.joined_seq  # and someone added later nothing sent before
+            after = max(after, floor)
         messages, latest, has_more = await self.store.sync(req.conv.id, after, req.limit, upto=upto)
         return p.ok_ack(
             conv=req.conv.id,
             messages=[msg.to_dict() for msg in messages],
             latest_seq=latest,
             has_more=has_more,
+            visible_from=floor,
         )
 
     # ------------------------------------------------------------ groups
@@ -398,10 +401,12 @@ class Gateway(HistoryServer):
     async def _group_add(self, user: str, data: Any) -> dict[str, Any]:
         req = p.parse_group_change(data)
         await self._admin(user, req.group)
-        added = await self.store.add_members(req.group, req.members)
+        added, joined = await self.store.add_members(req.group, req.members)
         members = await self.store.group_members(req.group) or []
         if added:
-            notice = {"group": req.group, "added": added, "removed": [], "by": user}
+            # `from_seq`: the new members see what comes after it, nothing before.
+            notice: dict[str, Any] = {"group": req.group, "added": added, "removed": []}
+            notice.update(by=user, from_seq=joined)
             await self._notify(members, p.GROUP_CHANGED, notice)
         return p.ok_ack(group=req.group, members=members)
 

@@ -27,3 +27,18 @@ def test_tour_v3_runs_unattended_and_shows_the_reconnect_and_the_sync() -> None:
     assert moved and moved.group(1) != killed.group(1), out
     assert re.search(r"\[bob\d*\] caught up [1-9]\d* message\(s\) of group:\S+ by sync", out), out
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_tour_v5_shows_a_refused_stranger_a_revoked_token_and_a_redis_failover() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imlab_app.cli", "tour", "v5", "--no-pause"],
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "end of the tour" in out
+    assert re.search(r"carol -> group:\S+: refused: forbidden", out), out
+    assert "carol sees ['welcome carol']" in out, out
+    assert "old token, tried again: connect refused: unauthorized: token revoked" in out, out
+    assert re.search(r"the sentinels promoted redis-\d in \d+\.\d s", out), out
+    assert "carol: seqs [2, 3, 4, 5], none repeated, none missing" in out, out

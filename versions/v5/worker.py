@@ -6,12 +6,14 @@ who-consumes-what: a Redis failover delays pushes, never consumption. For each r
 the worker finds who may see that seq (membership over time, from PostgreSQL: a member
 removed before the message does not get it) and hands `{gateway, users, message}` to
 each gateway's Redis channel. A record it cannot route (Redis or the database away) is
-retried, not skipped: the offset is committed only after the relay.
+retried, not skipped: the offset is committed only after the relay. A relay no gateway
+heard (one resubscribing after a Redis failover) is routed again for a few seconds.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +29,15 @@ from imlab.routing import Relay, Routes, by_node
 from imlab.server import StageServer, base_parser, run_app
 from imlab.sqlstore import UNAVAILABLE_ERRORS, SqlStore
 from versions.v5 import topics
+
+# A gateway resubscribing to its relay channel (after a Redis failover) hears nothing
+# for a moment: the batch is routed again (routes re-read) this long at most, then left
+# to the clients' catch-up (a gateway that died stays silent; its users log in elsewhere).
+UNHEARD_RETRY = 5.0
+
+
+class Unheard(ConnectionError):
+    """A gateway the batch was for did not hear it (pub/sub is at most once)."""
 
 
 class Worker:
@@ -60,6 +71,7 @@ class Worker:
             batch_handler=self.process_batch,
         )
         self.relay = Relay(self.redis, node, self._no_inbound, self.metrics)
+        self._unheard_since: dict[tuple[str, int, int], float] = {}
         self.app = web.Application()
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
@@ -92,7 +104,15 @@ class Worker:
             targets = by_node({u: routes[u] for u in users})
             deliveries += sum(len(us) for us in targets.values())
             items.append((targets, p.MESSAGE, msg.to_dict()))
-        await self.relay.send_many(items)
+        nodes = {n for targets, _, _ in items for n in targets}
+        heard = await self.relay.send_many(items)
+        if heard < len(nodes):
+            key = (records[0].topic, records[0].partition, records[0].offset)
+            first = self._unheard_since.setdefault(key, time.monotonic())
+            if time.monotonic() - first < UNHEARD_RETRY:
+                raise Unheard(f"{len(nodes) - heard} of {len(nodes)} gateways not listening")
+            self.metrics.inc("batches_unheard")
+        self._unheard_since.clear()
         self.metrics.inc("messages_routed", len(msgs))
         self.metrics.inc("deliveries_routed", deliveries)
 

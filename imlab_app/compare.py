@@ -70,6 +70,11 @@ class Case:
     rate: float
     duration: float
     faults: str = ""
+    # The stage's shape, where a case needs its own (0/None: the comparison's): a broker
+    # kill of one of three needs three brokers; two crashes in one run, three gateways.
+    brokers: int = 0
+    servers: int | None = None
+    workers: int | None = None
 
     @property
     def label(self) -> str:
@@ -153,6 +158,8 @@ class SharedServices:
             return False
         if info.needs_sentinel or info.needs_postgres:  # the pool has one plain Redis, no db
             return False
+        if case.brokers and case.brokers != self.choice.brokers:
+            return False
         return not {f.kind for f in parse_faults(case.faults).items} & SERVICE_FAULTS
 
     def spec(self, case: Case) -> ClusterSpec:
@@ -167,6 +174,8 @@ class SharedServices:
             kafka_bootstrap=self.kafka.bootstrap,
             broker=self.choice.kind,
             brokers=self.choice.brokers,
+            servers=case.servers,
+            workers=case.workers,
         )
 
     def note(self, run_dir: Path) -> None:
@@ -218,7 +227,13 @@ def run_case(
         if shared is not None and shared.wants(case):
             spec = shared.spec(case)
         else:
-            spec = ClusterSpec(case.stage, broker=b.kind, brokers=b.brokers)
+            spec = ClusterSpec(
+                case.stage,
+                broker=b.kind,
+                brokers=case.brokers or b.brokers,
+                servers=case.servers,
+                workers=case.workers,
+            )
         opts = LoadOptions(**same, cluster=spec)
         done = run_load(opts, out=io.StringIO(), hooks=hooks).run_dir
         if shared is not None and shared.wants(case):
@@ -301,7 +316,7 @@ class Prestart:
         self._thread.join()
 
 
-def _run_all(
+def run_cases(
     cases: Sequence[Case],
     runs_dir: Path,
     seed: int,
@@ -374,7 +389,7 @@ def compare(
     started: float = time.time()
     shared = SharedServices(out_dir / "shared-services", broker or BrokerChoice())
     try:
-        results = _run_all(cases, runs_dir, seed, out, broker, shared)
+        results = run_cases(cases, runs_dir, seed, out, broker, shared)
     finally:
         shared.stop()
 

@@ -24,7 +24,15 @@ import socketio
 
 from imlab import protocol as p
 from imlab import stages
-from imlab.fuzz.strategies import auths, cases, generate, undecodable, undecodable_connects
+from imlab.fuzz.strategies import (
+    ATTACKS,
+    auths,
+    cases,
+    generate,
+    token_attacks,
+    undecodable,
+    undecodable_connects,
+)
 
 EVENT_KINDS = (p.HELLO, p.SEND, p.CREATE_GROUP, p.LATEST, p.SYNC, "unknown", "reserved")
 
@@ -52,6 +60,10 @@ class Tally:
     disconnects: int = 0
     skipped: int = 0
     samples: list[str] = field(default_factory=list)
+    # connects: attempts per hostile token kind (strategies.ATTACKS), and how many of
+    # those the stage let in (each one a hole: they must all be refused)
+    attacks: Counter[str] = field(default_factory=Counter)
+    accepted_bad: int = 0
 
     @property
     def internal(self) -> int:
@@ -70,6 +82,8 @@ class Tally:
             "disconnects": self.disconnects,
             "internal": self.internal,
             "skipped": self.skipped,
+            "attacks": dict(sorted(self.attacks.items())),
+            "accepted_bad": self.accepted_bad,
         }
 
 
@@ -84,8 +98,10 @@ class Fuzzer:
         *,
         timeout: float = 5.0,
         token_ttl: float | None = None,
+        db_url: str | None = None,
     ) -> None:
         self.url = url
+        self.db_url = db_url  # a stage with revocation (v5): revoked tokens are tried too
         self.token_ttl = token_ttl  # None: auth.DEFAULT_TTL; a short-lived stage needs less
         self.stage = stage
         self.secret = secret
@@ -151,10 +167,24 @@ class Fuzzer:
 
     async def connects(self, n: int, seed: int) -> Tally:
         """`n` connect attempts with generated `auth`: each is accepted (and then answers
-        `hello` for the identity it claimed) or refused with a code and a reason."""
+        `hello` for the identity it claimed) or refused with a code and a reason. On a
+        stage with tokens half of them carry a hostile token (`strategies.ATTACKS`:
+        expired, forged, `alg: none`, another algorithm, wrong-typed claims, too long a
+        life where the stage caps it, revoked where `db_url` reaches its revocations),
+        as many of each kind, which must all be refused."""
         tally = Tally()
-        for auth_data in generate(auths(self.stage, self.secret), n, seed):
+        attempts: list[tuple[str | None, Any]] = []
+        hostile = await self._attacks(n // 2, seed) if self._has_tokens else []
+        generic = generate(auths(self.stage, self.secret), n - len(hostile), seed)
+        attempts = [(None, a) for a in generic]
+        # interleaved, so a stage that degrades shows it in both families
+        step = max(1, len(attempts) // max(1, len(hostile)))
+        for i, one in enumerate(hostile):
+            attempts.insert(min(len(attempts), i * (step + 1)), one)
+        for attack, auth_data in attempts:
             tally.tried += 1
+            if attack is not None:
+                tally.attacks[attack] += 1
             client = socketio.AsyncClient(reconnection=False)
             refusals: list[Any] = []
             client.on("connect_error", refusals.append)
@@ -173,6 +203,9 @@ class Fuzzer:
                         tally.bad(f"refused with {reason}", auth_data)
                 await client.disconnect()
                 continue
+            if attack is not None:
+                tally.accepted_bad += 1
+                tally.bad(f"{attack} token accepted", auth_data)
             try:
                 hello = await client.call(p.HELLO, {}, timeout=self.timeout)
                 _classify(tally, hello, auth_data)
@@ -182,6 +215,54 @@ class Fuzzer:
             finally:
                 await client.disconnect()
         return tally
+
+    @property
+    def _has_tokens(self) -> bool:
+        return stages.stage(self.stage).uses_tokens and self.secret is not None
+
+    async def _attacks(self, n: int, seed: int) -> list[tuple[str | None, Any]]:
+        """`n` hostile token attempts, as many of each kind that applies to the stage."""
+        assert self.secret is not None
+        info = stages.stage(self.stage)
+        kinds = [a for a in ATTACKS if a not in ("too_long", "revoked")]
+        if info.max_token_life is not None:
+            kinds.append("too_long")
+        revoked: list[str] = []
+        if self.db_url is not None:
+            revoked = await self._revoked_tokens()
+            kinds.append("revoked")
+        max_life = int(info.max_token_life or 86_400)
+        out: list[tuple[str | None, Any]] = []
+        for k, kind in enumerate(kinds):
+            share = n // len(kinds) + (k < n % len(kinds))
+            strategy = token_attacks(kind, self.secret, max_life=max_life, revoked=revoked)
+            out += [(kind, a) for a in generate(strategy, share, seed + k)]
+        return out
+
+    async def _revoked_tokens(self, users: int = 6, per_user: int = 4) -> list[str]:
+        """Tokens that were good, then revoked in the stage's database: every token of
+        half the users (by user and time), one token each of the others (by its id)."""
+        from imlab import auth
+        from imlab.sqlstore import SqlStore
+
+        assert self.secret is not None and self.db_url is not None
+        ttl = self.token_ttl if self.token_ttl is not None else 300.0
+        store = SqlStore(self.db_url, max_size=1)
+        await store.start()
+        tokens: list[str] = []
+        try:
+            for u in range(users):
+                user = f"fz-{self.tag}-revoked-{u}"
+                issued = [auth.issue(user, self.secret, ttl) for _ in range(per_user)]
+                if u % 2 == 0:
+                    await store.revoke(user=user, issued_before=time.time() + 1.0)
+                    tokens += [i.token for i in issued]
+                else:
+                    await store.revoke(token_id=issued[0].identity.token_id)
+                    tokens.append(issued[0].token)
+        finally:
+            await store.close()
+        return tokens
 
     async def undecodable(self, n: int, seed: int) -> Tally:
         """`n` undecodable packets, half on a logged-in connection (it must get an `error`

@@ -212,3 +212,133 @@ def undecodable_connects() -> st.SearchStrategy[str]:
         st.just('51-{"_placeholder":true,"num":0}'),
         _text.map(lambda t: "0{" + t),
     )
+
+
+# ---------------------------------------------------------------- hostile tokens
+
+# The kinds of token a stage with tokens must refuse, whatever else is in them.
+ATTACKS = ("expired", "forged", "alg_none", "wrong_alg", "wrong_type", "too_long", "revoked")
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict[str, Any], alg: str) -> str:
+    """A token with header `alg` and no signature (the `alg: none` trick)."""
+    import json
+
+    header = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    return f"{header}.{body}."
+
+
+def _sign(claims: dict[str, Any], key: str, alg: str) -> str:
+    """`claims` signed; PyJWT's warning that a key is short for HS384/512 is beside the point."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jwt.encode(claims, key, algorithm=alg)
+
+
+def _claims(user: st.SearchStrategy[str], now: int, life: int) -> st.SearchStrategy[Any]:
+    """Claims that would be valid for `life` seconds from about `now`."""
+    return st.builds(
+        lambda u, back, jti: {"sub": u, "iat": now - back, "exp": now - back + life, "jti": jti},
+        user,
+        st.integers(0, min(60, life // 2)),
+        st.from_regex(r"[a-f0-9]{8,32}", fullmatch=True),
+    )
+
+
+def token_attacks(
+    attack: str,
+    secret: str,
+    *,
+    max_life: int = 900,
+    revoked: list[str] | None = None,
+    now: int | None = None,
+) -> st.SearchStrategy[dict[str, Any]]:
+    """`auth` objects carrying one kind of token (`ATTACKS`) that must be refused:
+    - expired: signed right, `exp` already past;
+    - forged: signed with another secret;
+    - alg_none: `alg: none` (any spelling), or HS256 claimed with the signature cut off;
+    - wrong_alg: signed with the right secret by another algorithm (HS384/HS512);
+    - wrong_type: signed right, a claim of the wrong type (sub, iat, exp, jti, nbf);
+    - too_long: signed right, living longer than the stage allows (`max_life` s);
+    - revoked: one of the tokens in `revoked` (issued, then revoked by the caller).
+    """
+    at = int(time.time()) if now is None else now
+    life = max(2, min(600, max_life))
+    users = _user_ids
+    good = _claims(users, at, life)
+    if attack == "expired":
+        past = st.builds(
+            lambda u, ago, span, jti: {
+                "sub": u,
+                "iat": at - ago - span,
+                "exp": at - ago,
+                "jti": jti,
+            },
+            users,
+            st.integers(1, 10**6),
+            st.integers(1, life),
+            st.from_regex(r"[a-f0-9]{8}"),
+        )
+        tokens = past.map(lambda c: jwt.encode(c, secret, algorithm="HS256"))
+    elif attack == "forged":
+        others = st.from_regex(r"[A-Za-z0-9]{32,48}", fullmatch=True).filter(lambda s: s != secret)
+        tokens = st.builds(lambda c, k: jwt.encode(c, k, algorithm="HS256"), good, others)
+    elif attack == "alg_none":
+        algs = st.sampled_from(["none", "None", "NONE", "nOnE", ""])
+        cut = good.map(lambda c: jwt.encode(c, secret, algorithm="HS256").rsplit(".", 1)[0] + ".")
+        tokens = st.one_of(st.builds(_unsigned, good, algs), cut)
+    elif attack == "wrong_alg":
+        algs = st.sampled_from(["HS384", "HS512"])
+        tokens = st.builds(lambda c, a: _sign(c, secret, a), good, algs)
+    elif attack == "wrong_type":
+        odd = st.one_of(
+            st.none(),
+            st.booleans(),
+            st.floats(),
+            _text,
+            st.lists(_ints, max_size=2),
+            st.dictionaries(_text, _ints, max_size=2),
+        )
+        numeric = st.one_of(
+            st.none(),
+            st.booleans(),
+            _text,
+            st.lists(_ints, max_size=2),
+            st.floats().filter(lambda f: not f.is_integer() if f == f else True),
+            st.integers(at - 10, at + life).map(str),
+        )
+
+        def retype(c: dict[str, Any], claim: str, sub: Any, num: Any) -> dict[str, Any]:
+            out = dict(c)
+            out[claim] = sub if claim in ("sub", "jti") else num
+            return out
+
+        names = st.sampled_from(["sub", "iat", "exp", "jti", "nbf"])
+        claims = st.builds(
+            retype, good, names, odd.filter(lambda v: not isinstance(v, str)), numeric
+        )
+        tokens = claims.map(lambda c: jwt.encode(c, secret, algorithm="HS256"))
+    elif attack == "too_long":
+        long = st.builds(
+            lambda u, extra, jti: {"sub": u, "iat": at, "exp": at + max_life + extra, "jti": jti},
+            users,
+            st.integers(60, 10**7),
+            st.from_regex(r"[a-f0-9]{8}"),
+        )
+        tokens = long.map(lambda c: jwt.encode(c, secret, algorithm="HS256"))
+    elif attack == "revoked":
+        if not revoked:
+            raise ValueError("revoked tokens are needed for the `revoked` attack")
+        tokens = st.sampled_from(revoked)
+    else:
+        raise ValueError(f"unknown attack {attack!r}; the attacks are {', '.join(ATTACKS)}")
+    return st.fixed_dictionaries({"token": tokens})

@@ -1,5 +1,5 @@
-"""The checker's checks, one property each (delivery, duplicates, ordering, latency,
-series, faults, availability), composed into a run's metrics.json by `compose`."""
+"""The checker's checks, one property each (delivery, duplicates, ordering, seqs,
+latency, series, faults, availability), composed into a run's metrics.json by `compose`."""
 
 from reports.checks.base import ANOMALY_KINDS, Check, Result
 from reports.checks.compose import CHECKER_VERSION, CHECKS, compose

@@ -14,6 +14,7 @@ ANOMALY_KINDS = (
     "duplicated",
     "unexpected",
     "seq_backwards",
+    "seq_reused",
     "order_disagreements",
     "fifo_violations",
 )

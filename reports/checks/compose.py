@@ -18,12 +18,22 @@ from reports.checks.faults import FAULTS
 from reports.checks.index import Index, build_index
 from reports.checks.latency import LATENCY
 from reports.checks.ordering import ORDERING
+from reports.checks.seqs import SEQS
 from reports.checks.series import SERIES
 from reports.checks.verdict import AVAILABILITY, overall
 from reports.history import Run
 
 CHECKER_VERSION = 1
-CHECKS: tuple[Check, ...] = (DELIVERY, DUPLICATES, ORDERING, LATENCY, SERIES, FAULTS, AVAILABILITY)
+CHECKS: tuple[Check, ...] = (
+    DELIVERY,
+    DUPLICATES,
+    ORDERING,
+    SEQS,
+    LATENCY,
+    SERIES,
+    FAULTS,
+    AVAILABILITY,
+)
 # The order of metrics.json's sections.
 LAYOUT = (
     "checker",
@@ -32,6 +42,7 @@ LAYOUT = (
     "deliveries",
     "latency_ms",
     "ordering",
+    "seqs",
     "throughput",
     "connections",
     "faults",

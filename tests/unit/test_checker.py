@@ -269,6 +269,64 @@ def test_seq_backwards(tmp_path: Path) -> None:
     anomalies_except(m, seq_backwards=1)
 
 
+def test_seq_reused_by_acks_two_senders_told_the_same_seq(tmp_path: Path) -> None:
+    # v4 after its Redis came back empty: m2 is acked with seq 1 again. The client
+    # dedups by seq, so b is shown m1 only: m2 is lost too, and the acks show why.
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m1", seq=1)
+    h.recv(0.010, "b", "m1", "a", DM_AB, seq=1)
+    h.sent(1.0, "a", DM_AB, "m2", seq=1)
+    m = check(h.write(tmp_path))
+    anomalies_except(m, seq_reused=1, lost=1)
+    o = m["seqs"]
+    assert (o["seq_reused"], o["seq_reused_in_acks"], o["seq_reused_convs"]) == (1, 1, 1)
+    assert o["seq_reused_examples"] == [
+        {"conv": DM_AB, "seq": 1, "msgs": {"m1": ["ack", "recv"], "m2": ["ack"]}}
+    ]
+    assert m["verdict"]["verdict"] == "anomalous"
+    assert "seq_reused 1" in m["verdict"]["why"]
+
+
+def test_seq_reused_seen_by_two_clients_each_shown_a_different_message(
+    tmp_path: Path,
+) -> None:
+    # Acks carry no seq (as v3's); b and c were each shown a different message as seq 1.
+    h = History()
+    h.sent(0.0, "a", G, "m1")
+    h.sent(0.5, "a", G, "m2")
+    h.recv(0.010, "b", "m1", "a", G, seq=1)
+    h.recv(0.510, "b", "m2", "a", G, seq=2)
+    h.recv(0.011, "c", "m2", "a", G, seq=1)
+    h.recv(0.511, "c", "m1", "a", G, seq=2)
+    m = check(h.write(tmp_path, groups={"g1": ["a", "b", "c"]}))
+    assert m["anomalies"]["seq_reused"] == 2  # seq 1 and seq 2 each name two messages
+    assert m["seqs"]["seq_reused_in_acks"] == 0
+
+
+def test_a_retried_send_acked_twice_with_its_seq_is_no_reuse(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m1", seq=1)
+    h.send(0.5, "a", DM_AB, "m1").ack(0.6, "a", "m1", seq=1)  # the retry, deduplicated
+    h.ack(0.7, "a", "m1", err="unavailable")  # a refused attempt says nothing about seqs
+    h.sent(1.0, "a", DM_AB, "m2", seq=2)
+    h.recv(0.010, "b", "m1", "a", DM_AB, seq=1)
+    h.recv(1.010, "b", "m2", "a", DM_AB, seq=2)
+    h.recv(1.020, "b", "m2", "a", DM_AB, seq=2)  # shown twice: a duplicate, not a reuse
+    m = check(h.write(tmp_path))
+    anomalies_except(m, duplicated=1)
+    assert m["seqs"]["seqs_seen"] == 2
+    assert m["seqs"]["seq_reused"] == 0
+
+
+def test_the_same_seq_in_two_conversations_is_no_reuse(tmp_path: Path) -> None:
+    h = History()
+    h.sent(0.0, "a", DM_AB, "m1", seq=1)
+    h.sent(0.0, "a", "dm:a:c", "m2", seq=1)
+    h.recv(0.010, "b", "m1", "a", DM_AB, seq=1)
+    h.recv(0.010, "c", "m2", "a", "dm:a:c", seq=1)
+    anomalies_except(check(h.write(tmp_path)))
+
+
 def test_seq_backwards_counts_each_event_below_the_max(tmp_path: Path) -> None:
     h = History()
     senders = {1: "a", 2: "b", 3: "a", 4: "b"}
@@ -646,6 +704,7 @@ def test_a_crashing_check_reads_unknown_and_the_others_still_report(tmp_path: Pa
         "duplicated": 0,
         "unexpected": 0,
         "seq_backwards": None,
+        "seq_reused": 0,
         "order_disagreements": None,
         "fifo_violations": None,
     }

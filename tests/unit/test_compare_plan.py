@@ -78,7 +78,7 @@ def test_a_real_run_starts_while_the_one_before_finishes_but_sends_only_after_it
     monkeypatch.setattr(compare, "run_case", fake_run_case)
     cases = plan_cases(quick=True, only=["v1"])
     shared = SharedServices(tmp_path / "shared", BrokerChoice())
-    results = compare._run_all(cases, tmp_path / "runs", 1, io.StringIO(), None, shared)
+    results = compare.run_cases(cases, tmp_path / "runs", 1, io.StringIO(), None, shared)
     assert all(r["ok"] for r in results) and len(results) == len(cases)
     real = [Path(r["run_dir"]).name for r in results if r["case"]["kind"] == "real"]
     at = {e: i for i, e in enumerate(events)}

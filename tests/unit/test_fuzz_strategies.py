@@ -9,6 +9,7 @@ import pytest
 
 from imlab import protocol as p
 from imlab.fuzz import EVENT_KINDS, cases, event_kinds, generate
+from imlab.fuzz.strategies import ATTACKS, token_attacks
 
 PARSERS: dict[str, Any] = {
     p.RECEIPT: p.parse_receipt,
@@ -44,3 +45,36 @@ def test_each_new_event_gets_valid_and_invalid_cases(event: str) -> None:
 def test_unknown_names_avoid_every_known_event() -> None:
     for name, _ in generate(cases("unknown", "me", "peer"), 100, seed=2):
         assert name not in p.ALL_CLIENT_EVENTS
+
+
+# ---------------------------------------------------------------- hostile tokens
+
+SECRET = "s" * 40
+
+
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a != "revoked"])
+def test_every_hostile_token_is_refused_by_the_verifier_v5_uses(attack: str) -> None:
+    from imlab import auth
+
+    drawn = generate(token_attacks(attack, SECRET, max_life=900), 150, seed=3)
+    assert len(drawn) >= 50
+    for case in drawn:
+        with pytest.raises(auth.AuthError):
+            auth.verify_token(case["token"], SECRET, max_lifetime=900)
+
+
+def test_the_good_claims_the_attacks_start_from_are_accepted() -> None:
+    # so a refusal above is the attack's doing, not a broken base token
+    from imlab import auth
+
+    issued = auth.issue("alice", SECRET, 600)
+    assert auth.verify_token(issued.token, SECRET, max_lifetime=900).user == "alice"
+
+
+def test_revoked_attack_draws_from_the_tokens_given() -> None:
+    drawn = generate(token_attacks("revoked", SECRET, revoked=["t1", "t2"]), 20, seed=1)
+    assert {c["token"] for c in drawn} <= {"t1", "t2"}
+    with pytest.raises(ValueError):
+        token_attacks("revoked", SECRET)
+    with pytest.raises(ValueError):
+        token_attacks("nonsense", SECRET)

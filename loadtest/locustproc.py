@@ -15,6 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPEAT_SIGINT_AFTER_S = 10.0
 
 
+def _hear_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A job started in the
+    background by a non-interactive shell (a CI script, `cmd &`) inherits SIGINT as
+    ignored, and so would Locust: it then never heard the stop, and every run waited
+    for the SIGKILL 30 s later."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LocustProcess:
     """Locust headless in its own session; stopped with SIGINT (it then writes its
     CSV and HTML), killed as a group if it does not stop in time."""
@@ -31,6 +39,7 @@ class LocustProcess:
             env=env,
             cwd=REPO_ROOT,
             start_new_session=True,
+            preexec_fn=_hear_sigint,
         )
         self._stopped = False
         atexit.register(self.stop, 5.0)
@@ -48,9 +57,8 @@ class LocustProcess:
         self._stopped = True
         atexit.unregister(self.stop)
         # A Locust that has not stopped 10 s after SIGINT gets a second one (a normal stop
-        # takes 1-2 s): in one run of 32 in an `imlab compare --quick` (2026-12-02) the
-        # master printed nothing after the first and sat until the SIGKILL 30 s later.
-        # Why is not known; the second SIGINT is a mitigation, not yet seen at work.
+        # takes 1-2 s). The 30 s stalls seen on 2026-12-02 came from an ignored SIGINT
+        # (see _hear_sigint); the second one stays as a guard.
         first = min(REPEAT_SIGINT_AFTER_S, timeout)
         for wait in (first, timeout - first):
             if self.proc.poll() is not None or wait <= 0:

@@ -16,8 +16,8 @@ from typing import Any, TextIO
 from imlab.cluster import ClusterSpec, machine_info
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import PlanError
-from loadtest.knee import DEFAULT_THRESHOLD_MS, Knee, Level, find_knee, past_knee
 from loadtest.runner import LoadOptions, LoadResult, LoadRunError, run_load
+from reports.knee import DEFAULT_THRESHOLD_MS, Knee, Level, find_knee, past_knee
 
 
 @dataclass

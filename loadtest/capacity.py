@@ -1,14 +1,21 @@
 """`imlab capacity`: an open-loop ladder of rising offered rates against one stage, one
 `imlab load` run per level (each in its own folder under one parent folder), stopped
-once past the knee (loadtest/knee.py); leaves `capacity.json` and `capacity.md` in the
+once past the knee (reports/knee.py); leaves `capacity.json` and `capacity.md` in the
 parent folder and prints the summary, saying when the load generator was the limit.
+
+`--stages v1,v2,...` runs the ladders of several stages one after another (they share
+the machine's cores with the generator, so never two at once) into one folder, then
+builds the report of them all (its capacity section: reports/figures/capacity.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,8 +23,8 @@ from typing import Any, TextIO
 from imlab.cluster import ClusterSpec, machine_info
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import PlanError
-from loadtest.knee import DEFAULT_THRESHOLD_MS, Knee, Level, find_knee, past_knee
 from loadtest.runner import LoadOptions, LoadResult, LoadRunError, run_load
+from reports.knee import DEFAULT_THRESHOLD_MS, Knee, Level, find_knee, past_knee
 
 
 @dataclass
@@ -144,6 +151,97 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- several stages
+
+
+def run_capacity_all(
+    stages: list[str],
+    opts_for: Callable[[str, Path], CapacityOptions],
+    out_dir: Path,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
+    """Each stage's ladder into `out_dir/<stage>/`, one stage after another, then the
+    report of them all in `out_dir/report/`; writes capacity-all.json and .md."""
+    out = out or sys.stdout
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count()
+    print(
+        f"capacity of {', '.join(stages)}: one stage after another, never two at once: "
+        f"they share this machine's {cores} cores with the load generator",
+        file=out,
+        flush=True,
+    )
+    record: dict[str, Any] = {
+        "stages": stages,
+        "sequential": True,
+        "started_at": time.time(),
+        "machine": {**machine_info(), "loadavg_start": list(os.getloadavg())},
+        "ladders": [],
+    }
+    for n, stage in enumerate(stages, 1):
+        opts = opts_for(stage, out_dir / stage)
+        print(f"\n== {stage} ({n} of {len(stages)}), scenario {opts.scenario} ==", file=out)
+        t0 = time.time()
+        entry: dict[str, Any] = {"stage": stage, "folder": str(out_dir / stage)}
+        try:
+            summary = run_capacity(opts, out)
+            entry["knee"] = summary["knee"]
+            entry["generator_bound"] = [
+                lv["offered"] for lv in summary["levels"] if lv["generator_bound"]
+            ]
+            entry["levels"] = len(summary["levels"])
+        except (PlanError, LoadRunError, ValueError) as exc:
+            entry["error"] = str(exc)  # the others still run; the report says what is missing
+            print(f"{stage}: no ladder: {exc}", file=out)
+        entry["seconds"] = round(time.time() - t0, 1)
+        record["ladders"].append(entry)
+        record["scenario"] = opts.scenario
+    record["ended_at"] = time.time()
+    record["machine"]["loadavg_end"] = list(os.getloadavg())
+    done = [e for e in record["ladders"] if "knee" in e]
+    if done:
+        from reports.report import build_report
+
+        report = build_report([out_dir], out_dir / "report")
+        record["report"] = str(report.html)
+    (out_dir / "capacity-all.json").write_text(json.dumps(record, indent=1))
+    text = markdown_all(record)
+    (out_dir / "capacity-all.md").write_text(text)
+    print("\n" + text, file=out)
+    if done:
+        print(f"report: {record['report']}", file=out)
+    print(f"capacity folder: {out_dir}", file=out)
+    return record
+
+
+def markdown_all(record: dict[str, Any]) -> str:
+    minutes = (record["ended_at"] - record["started_at"]) / 60
+    m = record["machine"]
+    lines = [
+        f"# Capacity of {', '.join(record['stages'])} ({record.get('scenario')})",
+        "",
+        f"The stages ran one after another, never two at once, in one sitting of "
+        f"{minutes:.1f} min on {m.get('hostname')} ({m.get('cpu_count')} cores, shared with "
+        f"the load generator; load average {m['loadavg_start'][0]:.2f} before, "
+        f"{m['loadavg_end'][0]:.2f} after).",
+        "",
+        "| stage | knee msgs/s | verdict | generator-bound at msgs/s | levels | minutes |",
+        "|:--|--:|:--|:--|--:|--:|",
+    ]
+    for e in record["ladders"]:
+        mins = f"{e['seconds'] / 60:.1f}"
+        if "knee" not in e:
+            lines.append(f"| {e['stage']} | - | no ladder: {e['error']} | - | - | {mins} |")
+            continue
+        k = e["knee"]
+        knee = "-" if k["knee"] is None else f"{k['knee']:g}"
+        gen = ", ".join(f"{x:g}" for x in e["generator_bound"]) or "none"
+        lines.append(
+            f"| {e['stage']} | {knee} | {k['sentence']} | {gen} | {e['levels']} | {mins} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -160,7 +258,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "(the highest rate that held) and whether the load generator was the limit."
         ),
     )
-    p.add_argument("--stage", required=True, choices=names())
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", choices=names())
+    which.add_argument(
+        "--stages",
+        type=_stage_list,
+        help="comma-separated stages, e.g. v1,v2,v3,v4,v5: their ladders one after another "
+        "(never two at once), then the report of them all in OUT/report/",
+    )
     p.add_argument("--scenario", default="dm", choices=["dm", "group"])
     p.add_argument("--threshold-ms", type=float, default=DEFAULT_THRESHOLD_MS)
     p.add_argument("--start", type=float, default=250.0, help="first offered msgs/s")
@@ -170,28 +275,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--users", type=int, default=200)
     p.add_argument("--processes", type=int, default=0, help="Locust processes (0: one a core)")
     p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="with --stages: the folder for every ladder and the report "
+        "(default runs/<time>-capacity-all)",
+    )
     add_cluster_args(p)
     p.set_defaults(func=cmd_capacity)
+
+
+def _stage_list(text: str) -> list[str]:
+    from imlab.stages import names
+
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in names()]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(
+            f"need distinct stages from {', '.join(names())}; got {text!r}"
+        )
+    return chosen
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
     from imlab.cluster import spec_from_args
 
-    opts = CapacityOptions(
-        stage=args.stage,
-        scenario=args.scenario,
-        threshold_ms=args.threshold_ms,
-        start=args.start,
-        factor=args.factor,
-        max_rate=args.max_rate,
-        level_seconds=args.level_seconds,
-        users=args.users,
-        processes=args.processes,
-        parent=Path(args.run_dir) if args.run_dir else None,
-        cluster=spec_from_args(args.stage, args),
-    )
+    def opts_for(stage: str, parent: Path | None) -> CapacityOptions:
+        return CapacityOptions(
+            stage=stage,
+            scenario=args.scenario,
+            threshold_ms=args.threshold_ms,
+            start=args.start,
+            factor=args.factor,
+            max_rate=args.max_rate,
+            level_seconds=args.level_seconds,
+            users=args.users,
+            processes=args.processes,
+            parent=parent,
+            cluster=spec_from_args(stage, args),
+        )
+
     try:
-        run_capacity(opts)
+        if args.stages:
+            rates(args.start, args.factor, args.max_rate)  # a bad ladder fails before any run
+            out_dir = Path(args.out) if args.out else new_run_dir("capacity", "all")
+            record = run_capacity_all(args.stages, opts_for, out_dir)
+            return 0 if all("knee" in e for e in record["ladders"]) else 1
+        run_capacity(opts_for(args.stage, Path(args.run_dir) if args.run_dir else None))
     except (PlanError, LoadRunError, ValueError) as exc:
         print(f"imlab capacity: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reports.figures.capacity import capacity_findings, in_ladder
 from reports.figures.common import who
 from reports.figures.simreal import matches
 from reports.figures.throughput import saturation
@@ -28,6 +29,7 @@ def findings(runs: Sequence[RunData]) -> list[Text]:
     items = [provenance(runs)]
     items += fault_findings(runs)
     items += saturation_findings(runs)
+    items += capacity_findings(runs)
     items += model_findings(runs)
     return items
 
@@ -124,10 +126,11 @@ def _s(r: RunData, key: str, noun: str) -> str:
 
 
 def saturation_findings(runs: Sequence[RunData]) -> list[Text]:
-    """Per stage and kind, from its fault-free runs: where it stopped keeping up."""
+    """Per stage and kind, from its fault-free runs: where it stopped keeping up (capacity
+    ladders have findings of their own)."""
     series: dict[tuple[str, str, str], list[RunData]] = {}
     for r in sorted(runs, key=lambda r: (r.offered_value() or 0.0, r.rid)):
-        if r.fault_label == NO_FAULT and r.offered_value() is not None:
+        if r.fault_label == NO_FAULT and r.offered_value() is not None and not in_ladder(r):
             series.setdefault((r.scenario, r.stage, r.kind), []).append(r)
     keys = sorted(series, key=lambda k: (k[2] != "real", stage_key(k[1]), k[0]))
     return [[f"Scenario {k[0]}: ", *saturation(series[k]), "."] for k in keys]

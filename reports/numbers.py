@@ -3,7 +3,9 @@ where it came from in a run's metrics.json (or which metrics it was computed fro
 
 Report text is a sequence of fragments: plain strings, `Num` (one value of one run's
 metrics.json, addressed by a key path such as `deliveries.lost` or
-`series.acked_ok[12]`) and `Calc` (a ratio, sum or product of `Num`s). Rendered to
+`series.acked_ok[12]`), `Calc` (a ratio, sum or product of `Num`s) and, for the few
+settings that live beside the runs rather than in them, `Given` (a key of a summary
+file such as a capacity ladder's capacity.json). Rendered to
 HTML, each number becomes a tagged span a test can parse back and check; rendered to
 Markdown, it is the same formatted text.
 """
@@ -107,13 +109,23 @@ def calc(op: str, values: Sequence[Scalar]) -> Scalar:
 
 
 @dataclass(frozen=True, slots=True)
+class Given:
+    """A number from a summary file beside the runs rather than from a run's metrics.json
+    (a capacity ladder's threshold in its capacity.json), addressed the same way."""
+
+    file: str
+    key: str
+    value: Scalar
+
+
+@dataclass(frozen=True, slots=True)
 class Code:
     """An identifier (a run folder's name, a file, a spec) shown verbatim, not a number."""
 
     text: str
 
 
-Frag = str | Num | Calc | Code
+Frag = str | Num | Calc | Given | Code
 Text = list[Frag]
 
 
@@ -154,6 +166,11 @@ def to_html(text: Iterable[Frag]) -> str:
         elif isinstance(f, Num):
             out.append(
                 f'<span class="n" data-run="{html.escape(f.run)}" '
+                f'data-key="{html.escape(f.key)}">{html.escape(fmt(f.value))}</span>'
+            )
+        elif isinstance(f, Given):
+            out.append(
+                f'<span class="g" data-file="{html.escape(f.file)}" '
                 f'data-key="{html.escape(f.key)}">{html.escape(fmt(f.value))}</span>'
             )
         else:

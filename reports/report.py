@@ -21,6 +21,7 @@ SECTIONS = (
     ("architecture", "Architecture of each stage"),
     ("latency", "Push latency"),
     ("throughput", "Throughput vs offered load"),
+    ("capacity", "Capacity: each stage's knee"),
     ("faults", "Faults: loss, duplicates, ordering, and what happens in the window"),
     ("sim", "Simulated vs real"),
 )

@@ -24,6 +24,7 @@ from reports.numbers import Calc, Num, Text, number
 from reports.stats import FloatArray
 
 NO_FAULT = "no fault"
+CAPACITY = "capacity.json"  # a capacity ladder's summary, beside its level run folders
 
 
 def stage_key(stage: str) -> tuple[Any, ...]:
@@ -123,6 +124,13 @@ class RunData:
     def label(self) -> str:
         return f"{self.stage} {self.kind}"
 
+    @property
+    def generator_bound(self) -> bool:
+        """Did the run's load generator, by its own verdict (manifest), set the limit?"""
+        gen = self.manifest.get("load_generator")
+        verdict = gen.get("verdict") if isinstance(gen, dict) else None
+        return bool(isinstance(verdict, dict) and verdict.get("generator_limited"))
+
 
 # ---------------------------------------------------------------- loading
 
@@ -132,7 +140,8 @@ def find_run_dirs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
 
     A folder given with a manifest or histories is a run. Any other folder is searched
     one level down (so `runs/` works), where only folders with a manifest count: one
-    with histories alone is an unfinished run, skipped and reported.
+    with histories alone is an unfinished run, skipped and reported. A capacity folder
+    found there (with a capacity.json, `imlab capacity --stages`) counts with its levels.
     """
     out: list[Path] = []
     skipped: list[Path] = []
@@ -143,6 +152,10 @@ def find_run_dirs(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
             out.append(p)
             continue
         below = sorted(c for c in p.iterdir() if c.is_dir())
+        ladders = [c for c in below if (c / CAPACITY).exists() and not (c / MANIFEST).exists()]
+        for ladder in ladders:
+            below.remove(ladder)
+            below += sorted(c for c in ladder.iterdir() if c.is_dir())
         found = [c for c in below if (c / MANIFEST).exists()]
         if not found:
             raise FileNotFoundError(f"{p}: no run folder (with a manifest.json) here or below")

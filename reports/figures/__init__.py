@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reports.figures import anomalies, arch, latency, simreal, throughput, timeline
+from reports.figures import anomalies, arch, capacity, latency, simreal, throughput, timeline
 from reports.figures.common import KEEP_UP, Figure, Item, Note, standard_load
 from reports.rundata import RunData
 
@@ -21,6 +21,7 @@ FIGURE_BUILDERS: tuple[Callable[[Sequence[RunData], Path], list[Item]], ...] = (
     arch.architecture,
     latency.latency_cdfs,
     throughput.throughput,
+    capacity.capacity,
     anomalies.anomalies,
     timeline.fault_timeseries,
     simreal.sim_vs_real,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
+from reports.figures.capacity import in_ladder
 from reports.figures.common import (
     KEEP_UP,
     Figure,
@@ -38,6 +39,10 @@ def throughput(runs: Sequence[RunData], out: Path) -> list[Item]:
     """Accepted sends/s and p99 latency against offered load, per scenario."""
     items: list[Item] = []
     for scenario, sruns in by_scenario(runs).items():
+        # A capacity ladder's levels have their own figure (reports/figures/capacity.py).
+        sruns = [r for r in sruns if not in_ladder(r)]
+        if not sruns:
+            continue
         base = [r for r in sruns if r.fault_label == NO_FAULT and r.offered_value() is not None]
         if not base:
             text = f"Scenario {scenario}: no fault-free run with a known load."

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtest.knee import Level, find_knee, past_knee
 from loadtest.monitor import generator_verdict
+from reports.knee import Level, find_knee, past_knee
 
 
 def _ladder(*rungs: tuple[float, float, int]) -> list[Level]:

@@ -269,7 +269,7 @@ class Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        if tag == "span" and a.get("class") in ("n", "c"):
+        if tag == "span" and a.get("class") in ("n", "c", "g"):
             self._span, self._text = a, []
         if tag in ("img", "script", "link", "iframe", "source"):
             self.images.append(a.get("src", "")) if tag == "img" else self.links.append(tag)
@@ -314,13 +314,23 @@ def page_of(report: Report) -> tuple[str, Page]:
 
 
 def test_every_number_in_the_page_is_the_one_in_metrics_json(built: Report) -> None:
-    text, page = page_of(built)
-    metrics = metrics_of(built)
-    assert len(page.numbers) > 100
+    assert check_every_number(built) > 100
+
+
+def check_every_number(report: Report) -> int:
+    """Every tagged number of the page is the value it names (a key of a run's
+    metrics.json, a calculation on such keys, or a key of a summary file such as a
+    capacity.json) and no other digit is printed; returns how many were checked."""
+    text, page = page_of(report)
+    metrics = metrics_of(report)
     for attrs, shown in page.numbers:
         if attrs["class"] == "n":
             where = f"{attrs['data-run']}:{attrs['data-key']}"
             assert_same_number(shown, resolve(metrics[attrs["data-run"]], attrs["data-key"]), where)
+        elif attrs["class"] == "g":
+            given = json.loads(Path(attrs["data-file"]).read_text(encoding="utf-8"))
+            where = f"{attrs['data-file']}:{attrs['data-key']}"
+            assert_same_number(shown, resolve(given, attrs["data-key"]), where)
         else:
             args = [resolve(metrics[run], key) for run, key in json.loads(attrs["data-args"])]
             op = attrs["data-op"]
@@ -337,10 +347,11 @@ def test_every_number_in_the_page_is_the_one_in_metrics_json(built: Report) -> N
     # then names like v2 or p99, and no digit may remain.
     rest = re.sub(r"<style>.*?</style>", " ", text, flags=re.S)
     rest = re.sub(r"<code>.*?</code>", " ", rest, flags=re.S)
-    rest = re.sub(r'<span class="[nc]"[^>]*>.*?</span>', " ", rest, flags=re.S)
+    rest = re.sub(r'<span class="[ncg]"[^>]*>.*?</span>', " ", rest, flags=re.S)
     rest = html.unescape(re.sub(r"<[^>]+>", " ", rest))
     leftover = re.findall(r"\S*\d\S*", NAME_TOKENS.sub(" ", rest))
     assert leftover == []
+    return len(page.numbers)
 
 
 def md_table(summary: str) -> list[list[str]]:

@@ -52,6 +52,12 @@ def test_tiny_sweep_grows_until_redis_saturates(tmp_path: Path) -> None:
         assert (tmp_path / "sweep" / name).stat().st_size > 0
     assert "Redis saturates first" in " ".join(result["sentences"])
     assert "msgs/s: push p99" in out.getvalue()  # progress, level by level
+    # `imlab report` given the sweep folder (or a folder holding it) shows the figure.
+    from reports.report import build_report
+
+    report = build_report([tmp_path], tmp_path / "report")
+    assert (tmp_path / "report" / "scaleout.png").stat().st_size > 0
+    assert "Redis saturates first" in report.summary.read_text()
 
 
 def test_imlab_sim_sweep_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

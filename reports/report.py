@@ -4,6 +4,7 @@ the same findings for terminal and forge readers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ SECTIONS = (
     ("capacity", "Capacity: each stage's knee"),
     ("faults", "Faults: loss, duplicates, ordering, and what happens in the window"),
     ("sim", "Simulated vs real"),
+    ("scaleout", "Scale-out: knee against node count (simulated)"),
 )
 
 _ORDER_KEYS = (
@@ -198,12 +200,14 @@ def _joined(items: list[Text], sep: str = "; ") -> Text:
 def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
     """Read (and where needed check) the run folders, draw every figure into `out`, and
     write `out/index.html` and `out/summary.md`."""
-    runs, skipped = load_runs([Path(p) for p in run_dirs])
+    sweeps, run_dirs = find_sweeps([Path(p) for p in run_dirs])
+    runs, skipped = load_runs(run_dirs) if run_dirs or not sweeps else ([], [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items: list[Item] = []
     for build in FIGURE_BUILDERS:
         items.extend(build(runs, out))
+    items.extend(scaleout_items(sweeps, out))
 
     found = findings(runs)
     body = [
@@ -237,6 +241,44 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> Report:
     summary.write_text(summary_markdown(runs, items, skipped), encoding="utf-8")
     images = [out / i.file for i in items if isinstance(i, Figure)]
     return Report(out, html_path, summary, images, runs, items, skipped)
+
+
+def find_sweeps(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(sweep folders, the other paths): a folder with a `sweep.json` (`imlab sim
+    --sweep`) is a sweep; a folder of run folders is searched one level down for them."""
+    sweeps: list[Path] = []
+    rest: list[Path] = []
+    for p in paths:
+        if (p / "sweep.json").exists():
+            sweeps.append(p)
+            continue
+        below = sorted(c for c in p.iterdir() if (c / "sweep.json").exists()) if p.is_dir() else []
+        sweeps += below
+        holds_runs = (
+            not below
+            or (p / "manifest.json").exists()
+            or any((c / "manifest.json").exists() for c in p.iterdir() if c.is_dir())
+        )
+        if holds_runs:  # a folder of sweeps alone is not searched for runs
+            rest.append(p)
+    return sweeps, rest
+
+
+def scaleout_items(sweeps: Sequence[Path], out: Path) -> list[Item]:
+    """The scale-out figure of each sweep, captioned by the sentences computed from it."""
+    from reports.figures.scaleout import scaleout_figure
+
+    items: list[Item] = []
+    for i, path in enumerate(sweeps):
+        data = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+        name = f"scaleout-{i + 1}.png" if len(sweeps) > 1 else "scaleout.png"
+        scaleout_figure(data, out / name)
+        caption: Text = [
+            f"From {path.name} ({', '.join(data['sweeps'])}; {data['wall_seconds']:,.0f} s "
+            "of wall time). " + " ".join(data["sentences"])
+        ]
+        items.append(Figure("scaleout", "Knee against node count", name, caption))
+    return items
 
 
 def _skipped(skipped: Sequence[Path]) -> Text:

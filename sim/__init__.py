@@ -13,7 +13,8 @@ Underneath: `core` holds the distributions and seeded streams, `engine` the fast
 FIFO server and samplers the models run on, `theory` the closed-form results they
 are validated against, `history` the run-folder writer, `scenario` the load tool's
 scenarios, `params` the calibrated numbers. `run` is the `imlab sim` run (with
-`population`, the figures only a simulation knows), `calibrate` the `imlab
+`population`, the figures only a simulation knows), `sweep` the scale-out curves
+(`imlab sim --sweep`: knees against node counts), `calibrate` the `imlab
 calibrate` fit, `cli` both subcommands.
 
 Populations too large to simulate user by user (`imlab sim --sample F`, `sample`):

@@ -33,7 +33,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stage", required=True, choices=models())
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=models(),
+        help="the stage (required without --sweep; with it, repeat to choose the stages "
+        "swept: default v2 v3 v4 v5)",
+    )
     add_scenario_args(p)
     p.add_argument("--servers", type=int, default=None, help="v3 servers (default 3)")
     p.add_argument("--gateways", type=int, default=None, help="v4 gateways (default 2)")
@@ -63,6 +69,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<time>-sim-<stage>)")
     p.add_argument("--no-check", action="store_true", help="skip the checker")
+    w = p.add_argument_group(
+        "scale-out sweep (sim.sweep)",
+        "Find each stage's knee (push p99 under the threshold, nothing lost) at each node "
+        "count, by short sampled levels and a bisection on the offered rate; writes "
+        "sweep.json, sweep.md and sweep.png. --users/--rate/--duration are not used: "
+        "the population is offered / 1 msgs/s per user.",
+    )
+    w.add_argument(
+        "--sweep",
+        action="append",
+        default=None,
+        metavar="DIM=COUNTS",
+        help="nodes=1..16 (v3 servers, v4/v5 gateways and workers alike), servers=..., "
+        "gateways=1..8, workers=1..8; COUNTS: 1..16 (every count), 1..16*2 (doubling), "
+        "1,2,4,8; repeat for several panels",
+    )
+    w.add_argument("--level-seconds", type=float, default=4.0, help="send window per level")
+    w.add_argument(
+        "--sweep-budget", type=int, default=3000, help="messages simulated end to end per level"
+    )
+    w.add_argument("--hold", type=int, default=None,
+                   help="the other role's count in a gateways/workers sweep (default: the "
+                   "sweep's largest count)")  # fmt: skip
+    w.add_argument("--threshold-ms", type=float, default=100.0, help="push p99 of the knee")
+    w.add_argument("--tolerance", type=float, default=0.1, help="bisect to this relative width")
     p.set_defaults(func=cmd_sim)
 
     c = sub.add_parser(
@@ -82,9 +113,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """Run one simulation; exit 0 when it ran (whatever it found), 2 when it could not."""
+    if args.sweep:
+        return cmd_sweep(args)
+    if not args.stage or len(args.stage) != 1:
+        print("imlab sim: give one --stage (several only with --sweep)", file=sys.stderr)
+        return 2
     try:
         opts = SimOptions(
-            stage=args.stage,
+            stage=args.stage[0],
             **scenario_options(args),
             servers=args.servers,
             gateways=args.gateways,
@@ -105,6 +141,39 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.quiet:
         print(result.summary)
         print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`imlab sim --sweep`: knees against node counts (sim.sweep)."""
+    from sim.sweep import SweepOptions, parse_sweep, run_sweep
+
+    try:
+        specs = [parse_sweep(text) for text in args.sweep]
+        stages = tuple(args.stage) if args.stage else SweepOptions.stages
+        result = run_sweep(
+            SweepOptions(
+                sweeps=specs,
+                stages=stages,
+                scenario=args.scenario,
+                group_size=args.group_size,
+                level_seconds=args.level_seconds,
+                budget=args.sweep_budget,
+                hold=args.hold,
+                threshold_ms=args.threshold_ms,
+                tolerance=args.tolerance,
+                params=args.params,
+                seed=args.seed,
+                run_dir=Path(args.run_dir) if args.run_dir else None,
+                quiet=args.quiet,
+            )
+        )
+    except (ValueError, OSError) as exc:
+        print(f"imlab sim: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print("\n".join(result["sentences"]))
+        print(f"run folder: {result['run_dir']}")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -19,6 +19,7 @@ import simpy
 from simpy.events import Event, Process
 
 from sim.core import UNAVAILABLE, Deterministic, Distribution
+from sim.engine import FifoServer
 
 if TYPE_CHECKING:
     from sim.kafka_group import Consumer
@@ -161,6 +162,12 @@ class Broker:
     `stale_ack_window` seconds after that restore, publishes are acked but lost: a
     producer that kept metadata from before the restart (docs/SERVICES.md, Tansu).
 
+    With `record_cost` the broker has a CPU (`cpu`, one FIFO server: one core for
+    the broker's request handling): each publish that reaches a live broker is served
+    there before it is appended and acked, so a busy broker delays records and
+    caps the stage's throughput at 1 / the mean cost (`Params.kafka_record`).
+    Without it the broker is infinitely fast (what the tests of the log rely on).
+
     Every publish draws the same three numbers whatever happens to it, so runs
     that differ only in their faults keep all other draws in step.
     """
@@ -177,6 +184,7 @@ class Broker:
         request_timeout: float = 30.0,
         stale_ack_window: float = 0.0,
         durable: bool = False,
+        record_cost: Callable[[], float] | None = None,
     ) -> None:
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError("drop_prob must be between 0 and 1")
@@ -189,6 +197,8 @@ class Broker:
         self.request_timeout = request_timeout
         self.stale_ack_window = 0.0 if durable else stale_ack_window
         self.durable = durable
+        self.cpu = FifoServer(name)
+        self.record_cost = record_cost
         self.topics: dict[str, Topic[Any]] = {}
         self._down = 0  # how many outages are in force; overlapping windows nest
         self.outages: list[tuple[float, float | None]] = []
@@ -259,6 +269,10 @@ class Broker:
             self.timed_out += 1
             yield env.timeout(max(0.0, sent + self.request_timeout - env.now))
             return PublishResult(False, partition.index, None, UNAVAILABLE)
+        if self.record_cost is not None:  # the broker's CPU handles the produce request
+            done = self.cpu.serve(env.now, self.record_cost())
+            if done > env.now:
+                yield env.timeout(done - env.now)
         offset: int | None = None
         err: str | None = None
         if coin < self.drop_prob:

@@ -80,6 +80,16 @@ class Params:
     kafka_long_poll: bool = False
     """whether the broker answers a waiting fetch as soon as a record arrives; set
     false because the real v3/v4 consumers see records ~fetch_wait/2 late (docs/RESULTS.md)"""
+    kafka_record: Dist = Dist(0.0002, 0.5)
+    """the broker's CPU per published record (the produce request, acks=all, and its
+    share of the fetches that read it): one core's worth, so one broker carries at most
+    ~5,000 records/s. A first estimate, not fitted: the slope of Apache Kafka 4.4's
+    CPU (one node) against accepted sends between 100 and 500 dm sends/s in the
+    baseline sittings of 2026-12-01 23:08 and 23:17 UTC (v3 3 servers, v4 2+2; +4.7 to
+    +10.9 points of a core for ~398 more records/s, mean 8.1: ~200 µs/record;
+    docs/RESULTS.md, "Scale-out"). The broker's idle CPU (45-68 % of a core at 100/s
+    there, the consumers' 10 ms polls and the JVM) is not modelled; 0 turns the
+    broker's CPU off (an infinitely fast broker, as before)"""
     kafka_request_timeout: float = 3.0
     kafka_session_timeout: float = 3.9
     """a dead consumer's partitions move once its membership entry expired (3 s) and

@@ -224,15 +224,17 @@ def build_model(
     if opts.sample is not None:
         model.population = population
         model.scale = scale
+        services = model.services()  # Redis, the broker's CPU, v5's PostgreSQL
         loaded = load_population(
-            [n.cpu for n in (*model.nodes, *model.workers)] + [model.store.redis],
+            [n.cpu for n in (*model.nodes, *model.workers)] + list(services.values()),
             scale,
             1.0 / (sc.users * sc.rate),
             opts.seed,
         )
         for node, server in zip((*model.nodes, *model.workers), loaded, strict=False):
             node.cpu = server
-        model.store.redis = loaded[-1]
+        for name, server in zip(services, loaded[-len(services) :], strict=True):
+            model.replace_service(name, server)
         consumers = [n.consumer for n in (*model.nodes, *model.workers) if n.consumer is not None]
         parts = sum(len(c.assignment) for c in consumers)
         for consumer in consumers:  # one record a send, over the group's partitions

@@ -92,6 +92,7 @@ class StageModel(Server):
         self.d_redis_pipelined = sampler(params.redis_pipelined_op)
         self.d_worker = sampler(params.worker_record)
         self.d_loadgen = sampler(params.loadgen_event)
+        self.d_kafka_record = sampler(params.kafka_record)  # last: the others' seeds stay
 
         traced_set = set(traced)
         self.convs = [Conv(c, c.index in traced_set) for c in scenario.convs]
@@ -137,6 +138,7 @@ class StageModel(Server):
                 request_timeout=params.kafka_request_timeout,
                 stale_ack_window=params.kafka_stale_window,
                 durable=params.kafka_durable,
+                record_cost=self.d_kafka_record if params.kafka_record.mean > 0 else None,
             )
             self.group = ConsumerGroup(
                 self.broker, f"imlab-{self.stage}", session_timeout=params.kafka_session_timeout
@@ -225,9 +227,21 @@ class StageModel(Server):
         self.drain_end = t
 
     def services(self) -> dict[str, FifoServer]:
-        """The backing services' servers by name, for the run's figures (Redis; v5
-        adds PostgreSQL)."""
-        return {"redis": self.store.redis}
+        """The backing services' servers by name, for the run's figures (Redis, the
+        Kafka broker's CPU when it has one; v5 adds PostgreSQL)."""
+        out = {"redis": self.store.redis}
+        if self.broker is not None and self.broker.record_cost is not None:
+            out["kafka"] = self.broker.cpu
+        return out
+
+    def replace_service(self, name: str, server: FifoServer) -> None:
+        """Put `server` where the service `name` of `services()` was (`sim.sample`)."""
+        if name == "redis":
+            self.store.redis = server
+        elif name == "kafka" and self.broker is not None:
+            self.broker.cpu = server
+        else:
+            raise KeyError(name)
 
     def loadgens_as_nodes(self) -> list[Node]:
         out = []

@@ -52,8 +52,10 @@ the model's goes through), the revocation poll and the receipt flush (a few quer
 second per gateway), the database's connection pool (10 per process; a queue, not a
 refusal), the conversation's row lock (same-conversation sends are ordered by the
 commit order anyway), the batch of the worker (it handles a partition's fetch with one
-query, one MGET and one pipeline; the model, like v4's, takes records one by one), and,
-in a sampled run (`--sample`), the aggregate population's load on the database.
+query, one MGET and one pipeline; the model, like v4's, takes records one by one). In a
+sampled run (`--sample`) the database is loaded with the population's work like
+Redis (its copies follow the sampled queries); the outbox sweeps and route refreshes of
+the unsampled users are not (they are few per second per gateway).
 """
 
 from __future__ import annotations
@@ -153,6 +155,12 @@ class V5(RoutingModel):
 
     def services(self) -> dict[str, FifoServer]:
         return {**super().services(), "postgres": self.db.postgres}
+
+    def replace_service(self, name: str, server: FifoServer) -> None:
+        if name == "postgres":
+            self.db.postgres = server
+        else:
+            super().replace_service(name, server)
 
     def kafka_figures(self) -> dict[str, Any] | None:
         figures = super().kafka_figures()

@@ -161,6 +161,7 @@ class LoadRun:
         self.hooks = hooks or Hooks()
         self.say = Progress(out, opts.quiet)
         self.faults = parse_faults(opts.faults)
+        _check_faults(opts, self.faults)
         churn = opts.churn
         if churn is None:
             churn = self.faults.churn or (1.0 if opts.scenario == "churn" else 0.0)
@@ -178,7 +179,6 @@ class LoadRun:
         self.processes = opts.processes or os.cpu_count() or 1
         self.spawn_rate = opts.spawn_rate or max(10.0, opts.users / 2.0)
         self.cluster: Cluster | ExternalStage
-        _check_faults(opts, self.faults)
         if opts.urls:
             if any(f.kind != "churn" for f in self.faults.items):  # churn is the clients'
                 raise PlanError("faults other than churn need a stage imlab starts, not --url")

@@ -97,6 +97,8 @@ KINDS: tuple[Kind, ...] = (
 )
 EXTRA: tuple[Kind, ...] = (
     Kind("db-restart", "db-restart:2s@{at}", "db-restart", 2, 8.0, 2.0, stages=("v5",)),
+    # Three users' tokens revoked: they are shut out for the rest of the run, so one per run.
+    Kind("token-revoke", "token-revoke:3@{at}", "token-revoke", 1, stages=("v5",)),
 )
 BY_NAME = {k.name: k for k in KINDS + EXTRA}
 
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     names = ",".join(k.name for k in KINDS)
     ap.add_argument("--kinds", default=names,
-                    help=f"comma-separated, of {names} (and db-restart, v5 only)")  # fmt: skip
+                    help=f"of {names} (and v5 only: db-restart, token-revoke)")  # fmt: skip
     ap.add_argument("--with-v4", action="store_true", help="run v4 through the same kinds")
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     ap.add_argument("--seed", type=int, default=1)

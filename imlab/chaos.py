@@ -19,6 +19,10 @@ the checker sees the window rather than a request for one.
                       record's detail); at T+D (5 s by default) the killed node is
                       started again as a replica of the new master
 - `db-restart:D@T`    stop PostgreSQL (fast shutdown) at T, start it at T+D (data kept)
+- `token-revoke:N@T`  (a stage with a revocation list, v5) revoke every token of N of
+                      the run's users at T, chosen from the run's seed; a `revoked`
+                      history event per user; the record's detail says how many
+                      sessions the gateways closed (their `sessions_revoked` counter)
 - On a Sentinel set `redis-outage` pauses every data node (the sentinels stay up);
   `redis-restart` is refused there (use `redis-master-kill`).
 - `kafka-loss:P` and `churn:F` are not scheduled here: the first is a drop rate
@@ -27,12 +31,16 @@ the checker sees the window rather than a request for one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import random
 import socket
 import threading
 import time
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +57,16 @@ from imlab.experiment.faults import (
     RedisMasterKill,
     RedisOutage,
     RedisRestart,
+    TokenRevoke,
 )
 from imlab.services import RedisSentinelSet, Service, ServiceError
 
 # the faults scheduled here (the others are run-long: kafka-loss, churn)
-Scheduled = RedisOutage | RedisRestart | RedisMasterKill | DbRestart | BrokerDown | Crash
+Scheduled = (
+    RedisOutage | RedisRestart | RedisMasterKill | DbRestart | BrokerDown | Crash | TokenRevoke
+)
+
+REVOKE_WATCH = 3.0  # seconds to watch the gateways close the revoked users' sessions
 
 log = logging.getLogger("imlab.chaos")
 
@@ -89,13 +102,30 @@ def _answers(svc: Service, timeout: float = 0.3) -> bool:
     return False
 
 
+def revoked_users(users: Sequence[str], count: int, seed: int) -> list[str]:
+    """The `count` users `token-revoke` revokes: picked by position from the run's seed,
+    so a rerun with the same seed and users revokes the same ones (in plan order)."""
+    picked = random.Random(f"token-revoke:{seed}").sample(range(len(users)), count)
+    return [users[i] for i in sorted(picked)]
+
+
 class LiveFaults:
     """Runs a fault plan against a cluster in a background thread."""
 
-    def __init__(self, cluster: Cluster, plan: FaultPlan, history: Path | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        plan: FaultPlan,
+        history: Path | None = None,
+        *,
+        users: Sequence[str] = (),
+        seed: int = 1,
+    ) -> None:
         self.cluster = cluster
         self.plan = plan
         self.history = history
+        self.users = list(users)  # the run's users, in plan order (token-revoke picks)
+        self.seed = seed
         self.records: list[FaultRecord] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -129,21 +159,24 @@ class LiveFaults:
         """False if stopped before the time came."""
         return not self._stop.wait(max(0.0, self.t0 + offset - time.time()))
 
-    def _record(self, rec: FaultRecord) -> None:
+    def _record(self, rec: FaultRecord, *extra: dict[str, Any]) -> None:
         with self._lock:
             self.records.append(rec)
             if self.history is not None:
                 event = H.event(H.FAULT, rec.start, **rec.as_dict())
                 with self.history.open("a") as f:
-                    f.write(json.dumps(event) + "\n")
+                    for e in (*extra, event):
+                        f.write(json.dumps(e) + "\n")
 
     def _run(self, fault: Scheduled) -> None:
-        start = fault.at if isinstance(fault, Crash) else fault.start
+        start = fault.at if isinstance(fault, Crash | TokenRevoke) else fault.start
         if not self._sleep_until(start):
             return
         try:
             if isinstance(fault, Crash):
                 self._crash(fault)
+            elif isinstance(fault, TokenRevoke):
+                self._revoke(fault)
             else:
                 self._window(fault)
         except Exception:  # a failed injection is reported, never kills the run
@@ -158,8 +191,68 @@ class LiveFaults:
         rec.detail.append(f"pid {svc.pid} killed" if rec.verified else "process still running")
         self._record(rec)
 
+    def _revoke(self, fault: TokenRevoke) -> None:
+        """Every token of `count` users (picked from the seed) revoked in the database;
+        then the gateways' `sessions_revoked` counters are watched for the closes."""
+        from imlab.sqlstore import SqlStore  # asyncpg: only a stage with a database needs it
+
+        url = self.cluster.db_url
+        if url is None:
+            raise RuntimeError(f"{fault.kind}: this stage keeps no revocation list")
+        users = revoked_users(self.users, fault.count, self.seed)
+        before = self._sessions_revoked()
+        rec = FaultRecord(fault.kind, f"{len(users)} users", time.time())
+
+        async def revoke() -> list[float]:
+            store = SqlStore(url, max_size=1)
+            await store.start()
+            try:
+                times = []
+                for user in users:
+                    await store.revoke(user=user, issued_before=time.time() + 1)
+                    times.append(time.time())
+                return times
+            finally:
+                await store.close()
+
+        times = asyncio.run(revoke())
+        events = [H.event(H.REVOKED, t, user=u) for u, t in zip(users, times, strict=True)]
+        rec.detail.append(f"revoked {', '.join(users)}")
+        closed, took = 0.0, 0.0
+        if before is not None:
+            deadline = time.time() + REVOKE_WATCH
+            while not self._stop.is_set() and time.time() < deadline:
+                now = self._sessions_revoked()
+                closed, took = (now or before) - before, time.time() - times[-1]
+                if closed >= len(users):
+                    break
+                time.sleep(0.1)
+            rec.detail.append(
+                f"{len(users)} users revoked, {closed:g} of their connections closed "
+                f"within {took:.1f} s"
+            )
+        else:
+            rec.detail.append(f"{len(users)} users revoked (the closes were not observable)")
+        rec.verified = len(times) == len(users) and (before is None or closed >= len(users))
+        self._record(rec, *events)
+
+    def _sessions_revoked(self) -> float | None:
+        """The gateways' summed `sessions_revoked` counters, or None if one does not answer."""
+        total = 0.0
+        for url in self.cluster.endpoints:
+            try:
+                with urllib.request.urlopen(f"{url}/metrics", timeout=1.0) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if not line.startswith("#") and "sessions_revoked_total" in name:
+                    total += float(value.rsplit(" ", 1)[-1])
+        return total
+
     def _window(self, fault: Scheduled) -> None:
-        assert not isinstance(fault, Crash)
+        assert not isinstance(fault, Crash | TokenRevoke)
         if isinstance(fault, BrokerDown):
             return self._broker_window(fault)
         if isinstance(fault, DbRestart):

@@ -91,6 +91,12 @@ class StageInfo:
     def uses_tokens(self) -> bool:
         return self.auth == "token"
 
+    @property
+    def keeps_revocations(self) -> bool:
+        """Tokens can be revoked before they expire (a revocation list in the stage's
+        database, feature "authz"): what `imlab revoke` and `token-revoke` need."""
+        return self.uses_tokens and self.needs_postgres and p.FEATURE_AUTHZ in self.features
+
     def token_ttl(self, wanted: float) -> float:
         """The life to give a client's token: `wanted`, within what the stage accepts."""
         return wanted if self.max_token_life is None else min(wanted, self.max_token_life)

@@ -121,11 +121,14 @@ def plan_cases(
             cases.append(
                 Case("real", stage, sc, users, fault_rate, duration, _fill(spec, duration))
             )
+    from sim.run import NOT_MODELLED  # SimPy only when a comparison is built
+
     out: list[Case] = []
     for c in cases:
         if real:
             out.append(c)
-        if sim:
+        # A fault the model does not suffer (sim.run.NOT_MODELLED) has no simulated twin.
+        if sim and not any(f.kind in NOT_MODELLED for f in parse_faults(c.faults).items):
             out.append(replace(c, kind="sim"))
     return out
 

@@ -70,7 +70,12 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
         "--churn-silent", type=float, default=0.5, help="share of drops the server is not told of"
     )
     p.add_argument("--max-drain", type=float, default=30.0, help="cap on the drain, s")
-    p.add_argument("--faults", default="", help="fault spec, e.g. redis-outage:5s@10s,churn:0.2")
+    p.add_argument(
+        "--faults",
+        default="",
+        help="fault spec, e.g. redis-outage:5s@10s,churn:0.2 "
+        "(v5 also db-restart:2s@5s, redis-master-kill@5s, token-revoke:3@4s)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 

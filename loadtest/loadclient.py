@@ -10,6 +10,7 @@ from typing import Any
 from imlab.client import HistoryRecorder, SyncChatClient
 from imlab.client.core import Disconnected, Record
 from imlab.experiment import history as H
+from imlab.protocol import ErrorCode
 
 
 class LoadClient(SyncChatClient):
@@ -28,12 +29,17 @@ class LoadClient(SyncChatClient):
         self.online = False
         self.dropped_pushes = 0
         self._quiet_disconnect = False
+        # The stage shut this user out (its tokens revoked): the connection was closed
+        # `unauthorized` or a reconnect was refused so; it will not get back in.
+        self.shut_out = False
 
     def connect(self, timeout: float = 10.0) -> None:
         super().connect(timeout)
         self.online = True
 
     def _tell_disconnect(self, rec: Record, note: Disconnected) -> None:
+        if (note.reason or "").startswith(f"{ErrorCode.UNAUTHORIZED}:"):
+            self.shut_out = True
         if not self._quiet_disconnect:  # closing a connection already counted as lost
             super()._tell_disconnect(rec, note)
 

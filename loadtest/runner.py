@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from imlab import stages
 from imlab.chaos import LiveFaults
 from imlab.cluster import Cluster, ClusterSpec, machine_info, package_versions
-from imlab.experiment.faults import RUN_LONG, parse_faults
+from imlab.experiment.faults import RUN_LONG, FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
@@ -134,6 +134,18 @@ def run_load(
     return LoadRun(opts, out or sys.stdout, hooks).execute()
 
 
+def _check_faults(opts: LoadOptions, plan: FaultPlan) -> None:
+    """Refuse, before anything starts, a fault this stage or this run cannot suffer."""
+    for f in plan.token_revokes:
+        if not stages.stage(opts.stage).keeps_revocations:
+            raise PlanError(
+                f"{f.spec()}: stage {opts.stage} keeps no revocation list "
+                "(a stage with revocable tokens does: v5)"
+            )
+        if f.count > opts.users:
+            raise PlanError(f"{f.spec()}: the run has only {opts.users} users")
+
+
 FAULT_RECOVERY = 3.0  # seconds the drain waits after the last fault window closed
 
 
@@ -149,6 +161,7 @@ class LoadRun:
         self.hooks = hooks or Hooks()
         self.say = Progress(out, opts.quiet)
         self.faults = parse_faults(opts.faults)
+        _check_faults(opts, self.faults)
         churn = opts.churn
         if churn is None:
             churn = self.faults.churn or (1.0 if opts.scenario == "churn" else 0.0)
@@ -282,7 +295,13 @@ class LoadRun:
         if self.faults:
             history = self.run_dir / "history-faults.jsonl"
             assert isinstance(self.cluster, Cluster)  # refused with an external server
-            self.live_faults = LiveFaults(self.cluster, self.faults, history=history)
+            self.live_faults = LiveFaults(
+                self.cluster,
+                self.faults,
+                history=history,
+                users=self.plan.users if self.plan else (),
+                seed=opts.seed,
+            )
             self.live_faults.start(self.send_start)
         total = self.send_end - self.send_start
         self.say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")

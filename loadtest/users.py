@@ -16,8 +16,9 @@ import gevent
 from locust import User, constant, task
 from locust.env import Environment
 
-from imlab.client import ClientError
+from imlab.client import ClientError, ConnectRefused
 from imlab.experiment.scenarios import ChurnClock
+from imlab.protocol import ErrorCode
 from loadtest.loadclient import LoadClient
 from loadtest.worker import HOUSEKEEPING_S, token_for, worker_process
 
@@ -127,7 +128,8 @@ class ChatUser(User):
                 # may have made their final sync already, so a send now would look lost.
                 self.w.stats["skipped_after_window"] += schedule.slots_between(k, send_end)
                 break
-            if self.client.online:
+            if self.client.online or self.client.shut_out:
+                # shut out (revoked): the send fails at once, recorded never acked
                 self._send(to, group, k, t)
             else:
                 self.w.stats["skipped_offline"] += 1
@@ -137,9 +139,9 @@ class ChatUser(User):
             if not self.client.online and time.time() >= self.back_at:
                 self._come_back()
             self._repair_gaps(time.time())
-        if not self.client.online:
+        if not self.client.online and not self.client.shut_out:
             self._come_back()
-        self._finish(final_sync=True)
+        self._finish(final_sync=not self.client.shut_out)
 
     def _wait_until(self, t: float, send_end: float) -> None:
         while True:
@@ -154,6 +156,8 @@ class ChatUser(User):
     def _churn(self, now: float, send_end: float) -> None:
         assert self.client is not None
         if self.churn is None:
+            return
+        if self.client.shut_out:
             return
         if self.client.online and now >= self.next_drop and now < send_end:
             silent = self.churn.silent()
@@ -174,6 +178,13 @@ class ChatUser(User):
         began = time.time()
         try:
             self.client.come_back()
+        except ConnectRefused as exc:
+            self._report("reconnect", began, exc)
+            if exc.code == ErrorCode.UNAUTHORIZED:  # revoked: it stays out, quietly
+                self.client.shut_out = True
+                return
+            self.back_at = time.time() + RETRY_S
+            return
         except Exception as exc:  # the stage refused or is unreachable: try again soon
             self._report("reconnect", began, exc)
             self.back_at = time.time() + RETRY_S
@@ -201,7 +212,7 @@ class ChatUser(User):
 
     def _repair_gaps(self, now: float) -> None:
         assert self.client is not None
-        if not self.client.inbox.pending or not self.client.online:
+        if not self.client.inbox.pending or not self.client.online or self.client.shut_out:
             self.pending_since = None
             return
         if self.pending_since is None:
@@ -226,6 +237,7 @@ class ChatUser(User):
                 except ClientError as exc:
                     self._report("final_sync", began, exc)
             self.w.stats["dropped_pushes"] += client.dropped_pushes
+            self.w.stats["shut_out"] += client.shut_out
             if client.online:
                 self.w.stats["online"] -= 1
             with contextlib.suppress(Exception):

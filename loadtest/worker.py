@@ -55,6 +55,7 @@ class WorkerProcess:
             "skipped_after_window": 0,  # slots still unsent when the send window closed
             "late_sends": 0,
             "send_errors": 0,
+            "shut_out": 0,  # users the stage shut out (tokens revoked): they idle
             "stopped_early": 0,  # stopped by Locust before the part was played
             "surplus": 0,  # Locust users beyond the plan (they idle)
         }

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from imlab import stages
 from imlab.experiment.faults import RUN_LONG, FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
+from imlab.experiment.scenarios import PlanError
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import Params, load_params
 from sim.population import SAMPLED_NOTE, population_figures, population_table
@@ -244,6 +245,24 @@ def build_model(
     return model, sc, traced
 
 
+# Faults the model does not suffer, and why; `imlab sim` refuses them before it starts.
+NOT_MODELLED = {
+    "token-revoke": (
+        "the simulator does not model token revocation (the revoked users' sessions, "
+        "their refused logins, the checker's grace); run it against the real stage: "
+        "imlab load --stage v5 --faults token-revoke:N@T"
+    ),
+}
+
+
+def check_modelled(plan: FaultPlan) -> None:
+    """Raise PlanError for a fault of the plan the model does not suffer."""
+    for f in plan.items:
+        why = NOT_MODELLED.get(f.kind)
+        if why is not None:
+            raise PlanError(f"{f.spec()}: {why}")
+
+
 def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     """Carry out one simulated run and judge it (PlanError/ValueError when it cannot run)."""
     from reports.checker import check, summary_table
@@ -251,6 +270,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     out = out or sys.stdout
     say = _Progress(out, opts.quiet)
     plan = parse_faults(opts.faults)
+    check_modelled(plan)
     params = load_params(opts.params)
     run_dir = opts.run_dir or new_run_dir("sim", opts.stage, opts.runs_root)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 A spec is a comma-separated list such as
 `redis-outage:30s@60s,kafka-loss:0.01,broker-kill:10s@30s,crash:gateway-1@45s,churn:0.2`.
-A Sentinel set (v5) adds `redis-master-kill@20s` and PostgreSQL `db-restart:5s@30s`.
+A Sentinel set (v5) adds `redis-master-kill@20s` and PostgreSQL `db-restart:5s@30s`;
+a stage with a revocation list (v5) `token-revoke:3@4s`.
 Times are offsets from the start of the run. Part of the experiment contract
 (`imlab.experiment`): the simulator, the load tool and the fault injector read it.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "RedisMasterKill",
     "RedisOutage",
     "RedisRestart",
+    "TokenRevoke",
     "format_duration",
     "parse_duration",
     "parse_faults",
@@ -177,6 +179,24 @@ class Churn:
         return f"{self.kind}:{self.fraction!r}"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRevoke:
+    """At `at`, every token of `count` of the run's users is revoked (chosen from the
+    run's seed); their connections close and they never come back. Only a stage that
+    keeps a revocation list (v5) can suffer it."""
+
+    count: int
+    at: float
+    kind: ClassVar[str] = "token-revoke"
+    target: ClassVar[str] = "tokens"
+
+    def window(self, run_end: float) -> tuple[float, float]:
+        return self.at, run_end
+
+    def spec(self) -> str:
+        return f"{self.kind}:{self.count}@{format_duration(self.at)}"
+
+
 Fault = (
     RedisOutage
     | RedisRestart
@@ -187,6 +207,7 @@ Fault = (
     | KafkaLoss
     | Crash
     | Churn
+    | TokenRevoke
 )
 
 # Faults that last the whole send window rather than a scheduled window; a run's manifest
@@ -225,6 +246,10 @@ class FaultPlan:
         return [f for f in self.items if isinstance(f, Crash)]
 
     @property
+    def token_revokes(self) -> list[TokenRevoke]:
+        return [f for f in self.items if isinstance(f, TokenRevoke)]
+
+    @property
     def kafka_loss(self) -> float:
         """The publish drop probability (0 when no `kafka-loss` is given)."""
         return next((f.probability for f in self.items if isinstance(f, KafkaLoss)), 0.0)
@@ -258,6 +283,7 @@ _FORMS = {
     KafkaLoss.kind: "kafka-loss:<probability>, e.g. kafka-loss:0.01",
     Crash.kind: "crash:<process>@<time>, e.g. crash:gateway-1@45s",
     Churn.kind: "churn:<fraction of users>, e.g. churn:0.2",
+    TokenRevoke.kind: "token-revoke:<users>@<time>, e.g. token-revoke:3@4s",
 }
 
 
@@ -319,6 +345,10 @@ def _parse_arg(kind: str, arg: str) -> Fault:
         if _TARGET_RE.fullmatch(head) is None:
             raise ValueError(f"{head!r} is not a process name like server-0 or gateway-1")
         return Crash(head, start)
+    if kind == TokenRevoke.kind:
+        if not head.isdigit() or int(head) < 1:
+            raise ValueError(f"{head!r} is not a number of users (1 or more)")
+        return TokenRevoke(int(head), start)
     if kind == RedisMasterKill.kind and not head:
         return RedisMasterKill(start, REDIS_MASTER_DOWN)
     scope = "one"
@@ -353,7 +383,7 @@ def _fraction(text: str, what: str) -> float:
 
 
 def _check_consistent(items: tuple[Fault, ...]) -> None:
-    for kind in (KafkaLoss.kind, Churn.kind):
+    for kind in (KafkaLoss.kind, Churn.kind, TokenRevoke.kind):
         if sum(f.kind == kind for f in items) > 1:
             raise FaultSpecError(f"{kind} is given more than once")
     crashed = [f.target for f in items if isinstance(f, Crash)]

@@ -16,6 +16,11 @@ Every event has `t` (epoch seconds) and `ev`. The fields of each kind:
 | `group` | user, conv, members | node |
 | `group_change` | user, conv, added, removed, by | node |
 | `fault` | kind, target, start, end | verified, detail |
+| `revoked` | user | |
+
+`revoked` is written by the fault injector (`token-revoke`), one per user whose tokens
+it revoked, at the moment of the revocation; the checker excuses that user from
+messages acked after it (less a grace, reports/checks/index.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ SYNC: Final = "sync"
 GROUP: Final = "group"
 GROUP_CHANGE: Final = "group_change"
 FAULT: Final = "fault"
+REVOKED: Final = "revoked"
 
 VIA_PUSH: Final = "push"
 VIA_SYNC: Final = "sync"
@@ -52,6 +58,7 @@ FIELDS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
         frozenset({"kind", "target", "start", "end"}),
         frozenset({"verified", "detail"}),
     ),
+    REVOKED: (frozenset({"user"}), frozenset()),
 }
 
 

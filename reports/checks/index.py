@@ -11,10 +11,17 @@ Definitions the index rests on:
 - a delivery is the first receipt of a message by an expected recipient; later
   receipts of it by that user are duplicates.
 - a `recv` with no `via` counts as push.
+- a revoked user (a `revoked` event at T, the fault `token-revoke`) is not expected to
+  receive any message whose send was acked ok at or after T - `REVOKE_GRACE` (such a
+  recipient is `excused`; a delivery to it still counts, never as unexpected), and its
+  own sends from T - `REVOKE_GRACE` on that were never acked are `cut_off`: the stage
+  shut it out, so their fate is known (nothing is expected of them) and they are
+  judged, not anomalies. Messages acked before T - `REVOKE_GRACE` are expected of it as
+  usual: in every measured run they were delivered long before T.
 - a message's fate (`fate`): acked ok and delivered to every expected recipient
   (`complete`); acked ok and missing some by the judging end (`lost`), unless its
   ack itself came after the end (`unjudged`); acked with an error (`refused`); never
-  acked (`never_acked`).
+  acked because its sender had been revoked (`cut_off`); never acked (`never_acked`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from imlab.experiment.history import (
     FAULT,
     GROUP,
     RECV,
+    REVOKED,
     SEND,
     SYNC,
     VIA_SYNC,
@@ -45,6 +53,11 @@ LOST: Final = "lost"
 UNJUDGED: Final = "unjudged"
 REFUSED: Final = "refused"
 NEVER_ACKED: Final = "never_acked"
+CUT_OFF: Final = "cut_off"
+
+# Seconds before a revocation from which a revoked user's deliveries are not expected,
+# and its never-acked sends are put down to the revocation (docs/PROTOCOL.md, section 7).
+REVOKE_GRACE: Final = 2.0
 
 
 @dataclass(slots=True)
@@ -57,6 +70,9 @@ class Msg:
     t: float
     intended: float
     members: frozenset[str] = _EMPTY
+    # members not expected to receive it: revoked before its ack (plus the grace)
+    excused: frozenset[str] = _EMPTY
+    cut_off: bool = False  # never acked, sent by a user revoked (less the grace) before
     first_ack_t: float | None = None
     ok_t: float | None = None
     err: str | None = None
@@ -83,6 +99,7 @@ class Tally:
     disconnects: list[float] = field(default_factory=list)
     syncs: list[float] = field(default_factory=list)
     fault_events: list[Event] = field(default_factory=list)
+    revoked: dict[str, float] = field(default_factory=dict)  # user -> first revocation
     recvs: list[Event] = field(default_factory=list)
 
 
@@ -171,6 +188,9 @@ def walk(run: Run) -> Tally:
                 )
         elif ev == FAULT:
             tally.fault_events.append(e)
+        elif ev == REVOKED:
+            user = _user(e.get("user"))
+            tally.revoked[user] = min(e["t"], tally.revoked.get(user, math.inf))
 
     # Acks are applied after all sends so that equal timestamps across files are harmless.
     for e in acks:
@@ -206,7 +226,22 @@ def walk(run: Run) -> Tally:
                 cached = frozenset(tally.groups.get(conv[6:], ()))
                 member_cache[conv] = cached
             m.members = cached
+    if tally.revoked:
+        _excuse(tally)
     return tally
+
+
+def _excuse(tally: Tally) -> None:
+    """The revocation rule (module docstring): excused recipients, cut-off sends."""
+    cutoff = {u: t - REVOKE_GRACE for u, t in tally.revoked.items()}
+    for m in tally.msgs.values():
+        if m.ok_t is None:
+            since = cutoff.get(m.author)
+            m.cut_off = m.err is None and since is not None and m.t >= since
+            continue
+        excused = [u for u in m.members if u != m.author and m.ok_t >= cutoff.get(u, math.inf)]
+        if excused:
+            m.excused = frozenset(excused)
 
 
 @dataclass
@@ -319,16 +354,36 @@ def make_clock(run: Run) -> Clock:
     return Clock(t0=t0, stop=stop, end=end, last=max(last_ev, end, t0))
 
 
+def excused_missing(m: Msg) -> int:
+    """Excused recipients (revoked) of the message who did not receive it."""
+    if not m.excused:
+        return 0
+    rec = m.recipients or {}
+    return sum(1 for u in m.excused if u not in rec)
+
+
+def expected_count(m: Msg) -> int:
+    """Recipients expected to receive the message: the members less the sender and
+    the excused ones that did not receive it (one that did counts as delivered)."""
+    return len(m.members) - (m.author in m.members) - excused_missing(m)
+
+
 def missing(m: Msg) -> int:
     """Expected recipients of the message who never received it."""
-    expected = len(m.members) - (m.author in m.members)
-    return expected - (len(m.recipients) if m.recipients else 0)
+    return expected_count(m) - (len(m.recipients) if m.recipients else 0)
+
+
+def missing_users(m: Msg) -> list[str]:
+    rec = m.recipients or {}
+    return sorted(u for u in m.members if u != m.author and u not in rec and u not in m.excused)
 
 
 def fate(m: Msg, end: float) -> str:
-    """COMPLETE, LOST, UNJUDGED, REFUSED or NEVER_ACKED, judged at `end`."""
+    """COMPLETE, LOST, UNJUDGED, REFUSED, CUT_OFF or NEVER_ACKED, judged at `end`."""
     if m.ok_t is None:
-        return NEVER_ACKED if m.err is None else REFUSED
+        if m.err is not None:
+            return REFUSED
+        return CUT_OFF if m.cut_off else NEVER_ACKED
     if not missing(m):
         return COMPLETE
     return UNJUDGED if m.ok_t > end else LOST

@@ -33,18 +33,23 @@ def summary_table(metrics: dict[str, Any]) -> str:
         return "  ".join(f"{name} {f('latency_ms', kind, key)}" for name, key in stats)
 
     p50, p99 = ("p50", "p50"), ("p99", "p99")
+    # token-revoke: the revoked users' cut-off sends and excused deliveries (else nothing)
+    cut = lookup(metrics, "sends", "cut_off_by_revocation")
+    cut_text = f", {cut} cut off by revocation" if cut else ""
+    excused = lookup(metrics, "deliveries", "excused_revoked")
+    excused_text = f", {excused} excused (revoked)" if excused else ""
     rows: list[tuple[str, str]] = [
         ("stage / scenario", f"{s('stage')} / {s('scenario')}"),
         ("events", s("events")),
         (
             "sends",
             f"{s('sends_attempted')} attempted, {s('acked_ok')} ok, "
-            f"{s('acked_error')} error, {s('never_acked')} never acked",
+            f"{s('acked_error')} error, {s('never_acked')} never acked{cut_text}",
         ),
         (
             "deliveries",
             f"{s('delivered')} of {s('expected_deliveries')} expected "
-            f"(push {f('deliveries', 'push')}, sync {f('deliveries', 'sync')})",
+            f"(push {f('deliveries', 'push')}, sync {f('deliveries', 'sync')}){excused_text}",
         ),
         ("push latency ms", lat("push", p50, p99, ("p99.9", "p99_9"), ("max", "max"))),
         ("fan-out ms", lat("fanout", p50, p99)),

@@ -2,8 +2,9 @@
 that sums up a run.
 
 Availability is acked ok / attempted. A send is judged when its fate is known: acked
-with an error (refused, nothing expected), or acked ok before the end (its deliveries
-are judged). A send never acked, or acked ok after the end, is unjudged.
+with an error (refused, nothing expected), never acked because its sender had been
+revoked (`cut_off`, nothing expected: reports/checks/delivery.py), or acked ok before
+the end (its deliveries are judged). A send never acked, or acked ok after the end, is unjudged.
 
 The verdict (`VERDICTS`) puts availability beside the anomalies of every check:
 `clean` only when every send was judged and no anomaly was seen; `anomalous` whenever
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from reports.checks.base import Check, Result, ratio
-from reports.checks.index import NEVER_ACKED, UNJUDGED, Index, fate
+from reports.checks.index import CUT_OFF, NEVER_ACKED, UNJUDGED, Index, fate
 
 VERDICTS = ("clean", "partial", "anomalous", "unavailable", "unknown")
 
@@ -58,6 +59,7 @@ def availability(index: Index) -> Result:
         "ok_ratio": ratio(acked_ok, attempted),
         "never_acked": never_acked,
         "never_acked_ratio": ratio(never_acked, attempted),
+        "cut_off_by_revocation": fates.count(CUT_OFF),
         "judged_sends": judged,
         "unjudged_sends": attempted - judged,
     }

@@ -122,6 +122,7 @@ def test_clean_dm_has_no_anomalies(tmp_path: Path) -> None:
         "acked_error": 0,
         "acked_error_by_code": {},
         "never_acked": 0,
+        "cut_off_by_revocation": 0,
         "retried": 0,
         "acks_without_send": 0,
     }
@@ -637,6 +638,7 @@ def test_most_sends_never_acked_is_unavailable_not_clean(tmp_path: Path) -> None
         "never_acked_ratio": 0.9,
         "judged_sends": 1,
         "unjudged_sends": 9,
+        "cut_off_by_revocation": 0,
     }
     table = summary_table(m)
     assert "10.0% acked ok (1 of 10), 9 never acked" in table
@@ -739,3 +741,71 @@ def test_a_run_the_index_cannot_read_is_unknown_throughout(tmp_path: Path) -> No
     assert metrics["verdict"]["verdict"] == "unknown"
     assert metrics["summary"]["events"] == 2
     assert "verdict" in summary_table(metrics)
+
+
+# --------------------------------------------------------------------------- token-revoke
+
+
+def revoked_run(tmp_path: Path) -> dict[str, Any]:
+    """Group g1 of a, b, c; c is revoked at t=10 (grace 2 s: the line is at t=8)."""
+    h = History()
+    h.sent(1.0, "a", G, "early", seq=1)  # acked long before: expected of c as usual
+    for u in ("b", "c"):
+        h.recv(1.01, u, "early", "a", G, seq=1)
+    h.sent(7.9, "a", G, "before", seq=2)  # acked before the grace: still expected of c
+    for u in ("b", "c"):
+        h.recv(7.91, u, "before", "a", G, seq=2)
+    h.sent(8.5, "a", G, "graced", seq=3)  # acked within the grace: c received it anyway
+    for u in ("b", "c"):
+        h.recv(8.51, u, "graced", "a", G, seq=3)
+    h.add(t=10.0, ev="revoked", user="c")
+    h.add(t=10.3, ev="disconnect", user="c", reason="unauthorized: token revoked")
+    h.sent(11.0, "b", G, "after", seq=4)  # acked after T: not expected of c
+    h.recv(11.01, "a", "after", "b", G, seq=4)
+    h.send(9.9, "c", G, "inflight")  # c's send cut by the close: never acked
+    h.send(12.0, "c", G, "dead")  # c's send after T: never acked
+    h.send(13.0, "c", G, "refused").ack(13.01, "c", "refused", err="unauthorized")
+    h.sent(14.0, "a", G, "late", seq=5)
+    h.recv(14.01, "b", "late", "a", G, seq=5)
+    return check(h.write(tmp_path / "run", groups={"g1": ["a", "b", "c"]}))
+
+
+def test_revoked_recipient_is_not_expected_after_the_grace(tmp_path: Path) -> None:
+    m = revoked_run(tmp_path)
+    anomalies_except(m)
+    d = m["deliveries"]
+    # 5 ok messages x 2 recipients = 10, less c's two after the line it did not get
+    assert (d["expected"], d["delivered"], d["lost"]) == (8, 8, 0)
+    assert d["excused_revoked"] == 2
+    assert d["revoked_users"] == ["c"]
+    s = m["sends"]
+    assert (s["cut_off_by_revocation"], s["never_acked"], s["acked_error"]) == (2, 0, 1)
+    assert m["availability"]["judged_sends"] == 8
+    assert m["verdict"]["verdict"] == "clean"
+    assert "2 cut off by revocation" in summary_table(m)
+
+
+def test_revoked_recipient_still_owes_what_was_acked_before_the_grace(tmp_path: Path) -> None:
+    h = History()
+    h.sent(7.9, "a", G, "before", seq=1)  # acked 2.1 s before T: expected of c
+    h.recv(7.91, "b", "before", "a", G, seq=1)
+    h.sent(8.0, "a", G, "at-grace", seq=2)  # acked exactly T - 2 s: not expected of c
+    h.recv(8.01, "b", "at-grace", "a", G, seq=2)
+    h.add(t=10.0, ev="revoked", user="c")
+    m = check(h.write(tmp_path / "run", groups={"g1": ["a", "b", "c"]}))
+    anomalies_except(m, lost=1)
+    d = m["deliveries"]
+    assert (d["expected"], d["delivered"], d["excused_revoked"]) == (3, 2, 1)
+    assert d["lost_examples"][0]["msg"] == "before"
+    assert d["lost_examples"][0]["missing"] == ["c"]
+
+
+def test_sends_before_the_grace_never_acked_stay_never_acked(tmp_path: Path) -> None:
+    h = History()
+    h.send(7.0, "c", DM_AB.replace("b", "c"), "old")  # before T - 2 s: not the revocation's
+    h.sent(7.5, "a", "dm:a:c", "ok", seq=1)
+    h.recv(7.51, "c", "ok", "a", "dm:a:c", seq=1)
+    h.add(t=10.0, ev="revoked", user="c")
+    m = check(h.write(tmp_path / "run"))
+    assert (m["sends"]["never_acked"], m["sends"]["cut_off_by_revocation"]) == (1, 0)
+    assert m["verdict"]["verdict"] == "partial"

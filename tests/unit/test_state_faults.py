@@ -134,3 +134,30 @@ async def test_connect_builds_a_client_for_either_kind_without_connecting() -> N
     assert kwargs["socket_timeout"] == 3 and kwargs["socket_connect_timeout"] == 2.0
     assert watched.connection_pool.service_name == "imlab"  # type: ignore[attr-defined]
     await watched.aclose()
+
+
+def test_token_revoke_parses_and_is_refused_where_it_cannot_be_done() -> None:
+    from imlab.chaos import revoked_users
+    from imlab.experiment.faults import TokenRevoke
+    from imlab.experiment.scenarios import PlanError
+    from loadtest.runner import LoadOptions, _check_faults
+    from sim.run import check_modelled
+
+    plan = parse_faults("token-revoke:3@4s")
+    assert plan.items == (TokenRevoke(3, 4.0),) and plan.token_revokes == [TokenRevoke(3, 4.0)]
+    assert plan.spec() == "token-revoke:3@4s"
+    for bad in ("token-revoke:0@4s", "token-revoke:x@4s", "token-revoke:3"):
+        with pytest.raises(FaultSpecError):
+            parse_faults(bad)
+    with pytest.raises(FaultSpecError, match="more than once"):
+        parse_faults("token-revoke:1@1s,token-revoke:1@2s")
+    _check_faults(LoadOptions("v5", users=16), plan)
+    with pytest.raises(PlanError, match="keeps no revocation list"):
+        _check_faults(LoadOptions("v4", users=16), plan)
+    with pytest.raises(PlanError, match="only 2 users"):
+        _check_faults(LoadOptions("v5", users=2), plan)
+    with pytest.raises(PlanError, match="does not model token revocation"):
+        check_modelled(plan)
+    users = [f"u{i}" for i in range(16)]
+    assert revoked_users(users, 3, 1) == revoked_users(users, 3, 1)
+    assert len(set(revoked_users(users, 3, 1))) == 3

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imlab.cluster import machine_info, package_versions
 from imlab.experiment.faults import RUN_LONG
 from imlab.experiment.runfolder import new_run_dir
+from imlab.services import install_signal_handlers
 from imlab_app.compare import BrokerChoice, Case, SharedServices, run_cases
 
 FIRST = 2.0  # seconds into the send window of the first injection
@@ -72,7 +73,7 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("redis-outage", "redis-outage:2s@{at}", "redis-outage", 3, 6.0, 2.0),
+    Kind("redis-outage", "redis-outage:2s@{at}", "redis-outage", 4, 6.0, 2.0),
     # v5: the Sentinel set's master SIGKILLed, the replica promoted, the node back after 5 s
     # as a replica. v4 has one Redis: killed and started again (with its AOF, as the runner
     # keeps it for a restart).
@@ -80,23 +81,23 @@ KINDS: tuple[Kind, ...] = (
         "redis-master-kill",
         "redis-master-kill@{at}",
         "redis-master-kill",
-        2,
-        12.0,
+        4,
+        10.0,
         5.0,
         v4_spec="redis-restart:3s@{at}",
         v4_fault="redis-restart",
     ),
     # One broker: the whole cluster stopped (a controlled shutdown) and started again.
-    Kind("broker-restart", "broker-down:3s@{at}", "broker-down", 2, 15.0, 3.0, brokers=1),
+    Kind("broker-restart", "broker-down:3s@{at}", "broker-down", 3, 15.0, 3.0, brokers=1),
     # Three brokers (replication factor 3): the first one SIGKILLed, then started again.
-    Kind("broker-kill", "broker-kill:3s@{at}", "broker-kill", 2, 15.0, 3.0, brokers=3),
+    Kind("broker-kill", "broker-kill:3s@{at}", "broker-kill", 3, 15.0, 3.0, brokers=3),
     Kind("kafka-loss", "kafka-loss:0.05", "kafka-loss"),
-    Kind("crash-gateway", "crash:gateway-{i}@{at}", "crash", 2, 5.0, 0.0, servers=3),
-    Kind("crash-worker", "crash:worker-{i}@{at}", "crash", 2, 5.0, 0.0, workers=3),
+    Kind("crash-gateway", "crash:gateway-{i}@{at}", "crash", 3, 5.0, 0.0, servers=4),
+    Kind("crash-worker", "crash:worker-{i}@{at}", "crash", 3, 5.0, 0.0, workers=4),
     Kind("churn", "churn:0.5", "churn"),
 )
 EXTRA: tuple[Kind, ...] = (
-    Kind("db-restart", "db-restart:2s@{at}", "db-restart", 2, 8.0, 2.0, stages=("v5",)),
+    Kind("db-restart", "db-restart:2s@{at}", "db-restart", 4, 8.0, 2.0, stages=("v5",)),
     # Three users' tokens revoked: they are shut out for the rest of the run, so one per run.
     Kind("token-revoke", "token-revoke:3@{at}", "token-revoke", 1, stages=("v5",)),
 )
@@ -114,14 +115,20 @@ def fault_spec(kind: Kind, stage: str, n: int) -> str:
 def run_duration(kind: Kind, n: int, duration: float) -> float:
     """The send window: `duration`, or longer where the run's injections need it."""
     if kind.fault in RUN_LONG:
-        return duration
+        return max(duration, 20.0)
     return max(duration, FIRST + (n - 1) * kind.spacing + kind.window + TAIL)
 
 
 def plan_proof(
-    stages: Sequence[str], kinds: Sequence[Kind], injections: int, duration: float
+    stages: Sequence[str],
+    kinds: Sequence[Kind],
+    injections: int,
+    duration: float,
+    long_runs: int = 2,
 ) -> list[tuple[Kind, Case]]:
-    """Every run of the proof, stage by stage and kind by kind."""
+    """Every run of the proof, stage by stage and kind by kind. A run-long fault
+    (`kafka-loss`, `churn`) injects many blows in one run (each dropped publish, each
+    dropped connection): it gets `long_runs` runs, and its blows are counted from them."""
     cases: list[tuple[Kind, Case]] = []
     for stage in stages:
         for kind in kinds:
@@ -129,6 +136,8 @@ def plan_proof(
                 continue
             per_run = max(1, min(kind.per_run, injections))
             runs = math.ceil(injections / per_run)
+            if kind.fault in RUN_LONG:
+                per_run, runs = injections, long_runs
             left = injections
             for _ in range(runs):
                 n = min(per_run, left)
@@ -161,6 +170,13 @@ def run_figures(run_dir: Path, fault: str) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     records = [f for f in manifest.get("faults") or [] if f.get("kind") == fault]
+    acked = int(metrics.get("sends", {}).get("acked_ok") or 0)
+    blows: int | None = None
+    if fault == "churn":  # every connection the churn dropped is one blow
+        blows = int(metrics.get("connections", {}).get("disconnects") or 0)
+    elif fault == "kafka-loss":  # each publish dropped with P; every acked send published
+        rate = float(str(manifest.get("params", {}).get("faults", "")).split(":")[-1] or 0)
+        blows = round(rate * acked)
     an = metrics.get("anomalies", {})
 
     def count(key: str) -> int | None:
@@ -170,8 +186,11 @@ def run_figures(run_dir: Path, fault: str) -> dict[str, Any]:
     order = [count("seq_backwards"), count("order_disagreements")]
     return {
         "run_dir": str(run_dir),
-        "injections": len(records),
-        "verified": sum(1 for f in records if f.get("verified", True)),
+        "injections": len(records) if blows is None else blows,
+        "verified": sum(1 for f in records if f.get("verified", True)) if blows is None else blows,
+        "blows_counted": None
+        if blows is None
+        else ("expected" if fault == "kafka-loss" else "counted"),
         "fault_detail": [f.get("detail") for f in records if f.get("detail")],
         "attempted": metrics.get("sends", {}).get("attempted"),
         "acked_ok": metrics.get("sends", {}).get("acked_ok"),
@@ -299,10 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kinds", default=names,
                     help=f"of {names} (and v5 only: db-restart, token-revoke)")  # fmt: skip
     ap.add_argument("--with-v4", action="store_true", help="run v4 through the same kinds")
+    ap.add_argument("--long-runs", type=int, default=2,
+                    help="runs of each run-long fault (kafka-loss, churn), 20 s each")  # fmt: skip
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="output folder (default runs/<time>-proof-v5)")
     args = ap.parse_args(argv)
+    install_signal_handlers()  # a SIGTERM stops every stage it started, nothing orphaned
     unknown = [k for k in args.kinds.split(",") if k.strip() and k.strip() not in BY_NAME]
     if unknown:
         ap.error(f"unknown kind(s) {', '.join(unknown)}; the kinds are {', '.join(BY_NAME)}")
@@ -315,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker = BrokerChoice(resolve_kind(args.broker), 1)
     if broker.kind == "tansu" and any(k.brokers > 1 for k in kinds):
         ap.error("broker-kill needs three Apache Kafka brokers; Tansu runs as one node")
-    planned = plan_proof(stages, kinds, args.injections, args.duration)
+    planned = plan_proof(stages, kinds, args.injections, args.duration, args.long_runs)
     cases = [case for _, case in planned]
     out_dir = Path(args.out) if args.out else new_run_dir("proof", "v5")
     out_dir.mkdir(parents=True, exist_ok=True)

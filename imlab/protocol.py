@@ -206,13 +206,16 @@ def _finite_number(value: object, field: str) -> float:
 
 def check_text(value: object, field: str) -> str:
     """A string that UTF-8 can encode: a lone surrogate ("\\ud800") is refused here, not
-    by the Redis client after an id was taken."""
+    by the Redis client after an id was taken; and no U+0000, which PostgreSQL's text
+    cannot hold (v5 stores there; the fuzz found it as an `internal`)."""
     if not isinstance(value, str):
         raise bad(f"{field} must be a string")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise bad(f"{field} must be valid Unicode text (no lone surrogates)") from None
+    if "\x00" in value:
+        raise bad(f"{field} may not contain U+0000 (NUL)")
     return value
 
 

@@ -125,9 +125,15 @@ def test_ids_are_matched_whole_not_before_a_final_newline(check: Any, value: str
 
 @pytest.mark.parametrize(
     "override",
-    [{"client_msg_id": "nl\n"}, {"to": "bob\n"}, {"body": "\ud800"}, {"sent_at": 10**400}],
+    [
+        {"client_msg_id": "nl\n"},
+        {"to": "bob\n"},
+        {"body": "\ud800"},
+        {"body": "nul\x00inside"},
+        {"sent_at": 10**400},
+    ],
 )
-def test_send_refuses_trailing_newlines_lone_surrogates_and_huge_numbers(
+def test_send_refuses_trailing_newlines_lone_surrogates_nul_and_huge_numbers(
     override: dict[str, Any],
 ) -> None:
     payload = {"to": "bob", "client_msg_id": "c1", "body": "hi", "sent_at": 1.0, **override}

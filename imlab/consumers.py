@@ -147,7 +147,7 @@ class ConsumerLoop(ABC):
 
     async def _run(self) -> None:
         while not self._stopping:
-            epoch = self.link.epoch
+            epoch, returns = self.link.epoch, self.link.returns
             if epoch == 0:  # the link has not created the topics yet
                 await asyncio.sleep(0.05)
                 continue
@@ -163,8 +163,13 @@ class ConsumerLoop(ABC):
                 self.running = True
                 self.metrics.inc("kafka_consumer_starts")
                 next_check = 0.0
-                # A broker that came back empty (new epoch) gets a fresh consumer.
-                while not self._stopping and self.link.epoch == epoch:
+                # A broker that came back empty (new epoch) gets a fresh consumer, and so
+                # does one that came back at all: aiokafka's group consumer rediscovered
+                # its coordinator after a restart of Apache Kafka and never fetched again
+                # (v5, 2026-12-02: pushes stopped for good after one 3 s broker stop).
+                while (
+                    not self._stopping and self.link.epoch == epoch and self.link.returns == returns
+                ):
                     if time.monotonic() >= next_check:
                         await self.maintain(consumer)
                         next_check = time.monotonic() + TICK

@@ -143,6 +143,7 @@ class KafkaLink:
         self.epoch = 0  # 0: never connected; bumps on every (re)creation of the base topics
         self.connected = False
         self.last_error: str | None = None
+        self.returns = 0  # times the broker answered again after being unreachable
         self._admin: AIOKafkaAdminClient | None = None
         self._producer: AIOKafkaProducer | None = None
         self._ensured: set[str] = set()
@@ -235,6 +236,9 @@ class KafkaLink:
         while True:
             try:
                 await asyncio.wait_for(self._tick(), timeout=10)
+                if not self.connected and self.last_error is not None:
+                    self.returns += 1
+                    log.warning("kafka %s answers again", self.bootstrap)
                 self.connected = True
                 self.last_error = None
             except asyncio.CancelledError:

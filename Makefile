@@ -22,7 +22,7 @@ demo: $(STAMP) kafka
 	$(BIN)/imlab compare --quick
 
 test: $(STAMP) kafka
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # the unit tests alone (tests/unit: no process started), in seconds
 test-fast: $(STAMP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ class CapacityOptions:
     group_size: int = 8
     processes: int = 0
     max_drain: float = 15.0
+    refine: int = 0  # levels added between the knee and the first failing level
     parent: Path | None = None
     cluster: ClusterSpec | None = None
 
@@ -75,8 +77,10 @@ def run_capacity(opts: CapacityOptions, out: TextIO | None = None) -> dict[str, 
     parent = opts.parent or new_run_dir("capacity", opts.stage)
     parent.mkdir(parents=True, exist_ok=True)
     levels: list[Level] = []
-    for i, rate in enumerate(rates(opts.start, opts.factor, opts.max_rate)):
-        print(f"level {i + 1}: {rate:g} msgs/s offered for {opts.level_seconds:g}s", file=out)
+
+    def level(rate: float) -> None:
+        n = len(levels) + 1
+        print(f"level {n}: {rate:g} msgs/s offered for {opts.level_seconds:g}s", file=out)
         result = run_load(
             LoadOptions(
                 stage=opts.stage,
@@ -87,7 +91,7 @@ def run_capacity(opts: CapacityOptions, out: TextIO | None = None) -> dict[str, 
                 group_size=opts.group_size,
                 processes=opts.processes,
                 max_drain=opts.max_drain,
-                run_dir=parent / f"L{i + 1}-{rate:g}",
+                run_dir=parent / f"L{n}-{rate:g}",
                 cluster=opts.cluster,
                 quiet=True,
             ),
@@ -95,8 +99,18 @@ def run_capacity(opts: CapacityOptions, out: TextIO | None = None) -> dict[str, 
         )
         levels.append(level_of(result))
         print("  " + _row(levels[-1], opts.threshold_ms), file=out, flush=True)
+
+    for rate in rates(opts.start, opts.factor, opts.max_rate):
+        level(rate)
         if past_knee(levels, opts.threshold_ms):
             break
+    for _ in range(opts.refine):  # bisect (geometrically) between the knee and the failure
+        knee = find_knee(levels, opts.threshold_ms)
+        if knee.status != "knee" or knee.knee is None or knee.first_failing is None:
+            break
+        if knee.first_failing / knee.knee < 1.1:
+            break
+        level(round(math.sqrt(knee.knee * knee.first_failing), 1))
     knee = find_knee(levels, opts.threshold_ms)
     summary = _summary(opts, levels, knee)
     (parent / "capacity.json").write_text(json.dumps(summary, indent=1))
@@ -273,6 +287,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max", type=float, default=8000.0, dest="max_rate", help="highest msgs/s")
     p.add_argument("--level-seconds", type=float, default=8.0, help="seconds of sending a level")
     p.add_argument("--users", type=int, default=200)
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="after the ladder, this many levels bisecting (geometrically) between the knee "
+        "and the first failing rate: 2 pins the knee within 19 %% on a doubling ladder",
+    )
     p.add_argument("--processes", type=int, default=0, help="Locust processes (0: one a core)")
     p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
     p.add_argument(
@@ -311,6 +332,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             level_seconds=args.level_seconds,
             users=args.users,
             processes=args.processes,
+            refine=args.refine,
             parent=parent,
             cluster=spec_from_args(stage, args),
         )

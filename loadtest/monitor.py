@@ -45,6 +45,7 @@ class CpuSampler:
 
     def __post_init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
+        self.names: dict[int, str] = {}  # pid -> executable name, for telling services apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
@@ -63,6 +64,7 @@ class CpuSampler:
         try:
             if proc is None:
                 proc = self._procs[pid] = psutil.Process(pid)
+                self.names[pid] = proc.name()
                 proc.cpu_percent(None)  # primes the counter; the next call measures
                 return None
             return float(proc.cpu_percent(None))
@@ -110,6 +112,7 @@ class CpuSampler:
                 "total_pct_max": round(max(totals), 1),
                 "busiest_process_pct_mean": busiest,
                 "per_process_pct_mean": {str(pid): _mean(v) for pid, v in per_pid.items()},
+                "names": {str(pid): self.names.get(pid, "?") for pid in per_pid},
             }
         return out
 

@@ -72,6 +72,11 @@ class RunFacts:
     infra_cpu_s: float | None
     loadgen_cpu_s: float | None
     loadgen_processes: int
+    nodes: int = 1
+    workers: int = 0
+    broker: str = ""
+    cores: int = 0
+    cpu_by_kind: dict[str, float] | None = None  # cores' worth over the window, by kind
 
     @property
     def requests(self) -> int:
@@ -137,6 +142,7 @@ def read_run(run_dir: Path | str) -> RunFacts:
     procs = ((man.get("cluster") or {}).get("processes")) or {}
     node_pids = {str(p.get("pid")) for p in procs.values() if isinstance(p, dict)}
     gen = (man.get("load_generator") or {}).get("cpu") or {}
+    spec = (man.get("cluster") or {}).get("spec") or {}
     lag_mean = statistics.fmean(lags)
     lag_sd = statistics.pstdev(lags)
     return RunFacts(
@@ -163,118 +169,206 @@ def read_run(run_dir: Path | str) -> RunFacts:
         if "total_pct_mean" in gen
         else None,
         loadgen_processes=int((man.get("load_generator") or {}).get("processes") or 0),
+        nodes=max(1, sum(1 for n in procs if not str(n).startswith("worker"))),
+        workers=int(spec.get("workers") or 0),
+        broker=str(((man.get("cluster") or {}).get("broker") or {}).get("name") or ""),
+        cores=int((man.get("machine") or {}).get("cpu_count") or 0),
+        cpu_by_kind=_cpu_by_kind(man, pcts) if pcts else None,
     )
 
 
-def _fit_node_costs(runs: list[RunFacts], base: Params) -> tuple[float, float, str]:
-    """(node_request mean, node_push mean, how) from the runs' server CPU.
+def _cpu_by_kind(man: dict[str, Any], pcts: dict[str, float]) -> dict[str, float]:
+    """Cores' worth of CPU each kind of process used over the send window: `front`
+    (servers, gateways), `worker`, `kafka` (the broker nodes), `postgres` (v5's server
+    and its backends, known by name), `redis` (Redis and its sentinels), `loadgen`
+    (Locust). A run recorded before the sampler kept names cannot tell PostgreSQL from
+    Redis: both are then `services`."""
+    cluster = man.get("cluster") or {}
+    names = ((man.get("stage_cpu") or {}).get("names")) or {}
+    kind_of: dict[str, str] = {}
+    for name, info in (cluster.get("processes") or {}).items():
+        if isinstance(info, dict):
+            kind_of[str(info.get("pid"))] = "worker" if str(name).startswith("worker") else "front"
+    for node in (cluster.get("broker") or {}).get("nodes") or []:
+        kind_of[str(node.get("pid"))] = "kafka"
+    rest = "services" if cluster.get("postgres") and not names else "redis"
+    out: dict[str, float] = {}
+    for pid, pct in pcts.items():
+        kind = kind_of.get(pid, "postgres" if names.get(pid) == "postgres" else rest)
+        out[kind] = out.get(kind, 0.0) + pct / 100.0
+    gen = ((man.get("load_generator") or {}).get("cpu") or {}).get("total_pct_mean")
+    if isinstance(gen, int | float):
+        out["loadgen"] = float(gen) / 100.0
+    return out
 
-    A server burns CPU while idle (pings, timers) and gets cheaper per message as its
-    loop gets busier, so rates are fitted with an intercept where the runs allow it:
-    CPU/s = idle + a·requests/s + b·pushes/s over runs with different fan-outs, else
-    CPU/s = idle + a·(requests/s + r·pushes/s) with the default ratio r = b/a over
-    runs at different loads, else CPU over work (an upper bound)."""
-    rows = [
-        (r.requests / r.window, r.receipts / r.window, r.node_cpu_s / r.window)
-        for r in runs
-        if r.node_cpu_s
-    ]
-    if not rows:
-        return base.node_request.mean, base.node_push.mean, "defaults (no CPU samples)"
-    ratio = base.node_push.mean / base.node_request.mean
-    q = np.array([x[0] for x in rows])
-    p = np.array([x[1] for x in rows])
-    c = np.array([x[2] for x in rows])
-    fanouts = {round(pi / max(qi, 1e-9), 1) for qi, pi in zip(q, p, strict=True)}
-    if len(rows) >= 3 and len(fanouts) > 1:
-        coef = np.linalg.lstsq(np.column_stack([np.ones_like(q), q, p]), c, rcond=None)[0]
-        idle, a, b = (float(v) for v in coef)
-        if a > 0 and b > 0 and idle >= 0:
-            return a, b, f"rates over {len(rows)} runs: idle {idle * 100:.2f}% + requests + pushes"
-    x = q + ratio * p
-    if len(rows) >= 2 and float(np.ptp(x)) > 0.2 * float(x.mean()):
-        slope, idle = (float(v) for v in np.polyfit(x, c, 1))
+
+SCALED: dict[str, tuple[str, ...]] = {
+    "front": (
+        "node_request",
+        "node_push",
+        "node_connect",
+        "node_sync_message",
+        "node_relay",
+        "token_verify",
+    ),
+    "worker": ("worker_record",),
+    "redis": ("redis_op", "redis_pipelined_op"),
+    "kafka": ("kafka_record",),
+    "postgres": ("db_query", "db_transaction"),
+    "loadgen": ("loadgen_event",),
+}
+"""The costs each kind of process's CPU is made of: one factor per kind is fitted, so
+the ratios inside a kind (a push against a request) keep their defaults."""
+
+
+@dataclass
+class KindFit:
+    """One kind of process: the factor on its costs and its idle burn per process."""
+
+    kind: str
+    factor: float
+    idle: float  # cores' worth one process burns with no load
+    how: str
+
+
+def _twin_cpu(run: RunFacts, params: Params) -> tuple[dict[str, float], dict[str, int]]:
+    """Cores' worth of CPU the model of `run` spends per kind over the send window (on
+    a core each: raw work, no waiting for a core), and how many processes of each kind."""
+    from sim.run import SimOptions, build_model
+
+    opts = SimOptions(
+        stage=run.stage,
+        scenario=run.scenario,
+        users=run.users,
+        rate=run.rate,
+        duration=min(run.duration, 6.0),
+        group_size=run.group_size,
+        servers=run.nodes,
+        workers=run.workers or None,
+        check=False,
+        quiet=True,
+    )
+    p = params.with_(machine_cores=0, loadgen_processes=max(1, run.loadgen_processes))
+    model, _sc, _traced = build_model(opts, p, parse_faults(""), None)
+    kinds: dict[str, list[Any]] = {"front": [n.cpu for n in model.nodes]}
+    kinds["worker"] = [n.cpu for n in model.workers]
+    for name, server in model.services().items():
+        kinds.setdefault(name, []).append(server)
+    kinds["loadgen"] = list(model.loadgens)
+    if "services" in (run.cpu_by_kind or {}) and "postgres" in kinds:  # told apart by name only
+        kinds["services"] = kinds.pop("postgres") + kinds.pop("redis", [])
+    marks: list[tuple[float, dict[str, float]]] = []
+
+    def mark(m: Any) -> None:
+        if m.send_start <= m.env.now <= m.send_end:
+            marks.append((m.env.now, {k: sum(x.busy for x in v) for k, v in kinds.items()}))
+
+    model.run(progress=mark)
+    counts = {k: len(v) for k, v in kinds.items() if v}
+    if len(marks) < 2:
+        return {}, counts
+    (t0, b0), (t1, b1) = marks[0], marks[-1]
+    return {k: (b1[k] - b0[k]) / (t1 - t0) for k in counts}, counts
+
+
+def _fit_kind(kind: str, xs: list[float], ys: list[float], count: int) -> KindFit:
+    """Real cores (ys) against the model's (xs) over the runs: the slope is the factor
+    on the kind's costs and the intercept its idle burn, where the runs' loads differ
+    enough (20 %); otherwise real over model (an upper bound: idle burn included)."""
+    x, y = np.array(xs), np.array(ys)
+    if len(xs) >= 2 and float(np.ptp(x)) > 0.2 * float(x.mean()):
+        slope, intercept = (float(v) for v in np.polyfit(x, y, 1))
         if slope > 0:
-            return (
+            idle = max(0.0, intercept) / max(1, count)
+            return KindFit(
+                kind,
                 slope,
-                ratio * slope,
-                (
-                    f"slope over {len(rows)} runs at different loads (idle {idle * 100:.2f}%), "
-                    f"push/request ratio kept at {ratio:.3g}"
-                ),
+                idle,
+                f"slope over {len(xs)} runs ({float(x.min()):.3f}-{float(x.max()):.3f} "
+                f"model cores against {float(y.min()):.3f}-{float(y.max()):.3f} real), "
+                f"idle {idle * 100:.1f} % of a core per process",
             )
-    a = float(c.sum() / x.sum())
-    return a, ratio * a, f"CPU over work, push/request ratio kept at {ratio:.3g}"
+    factor = float(y.sum() / x.sum())
+    return KindFit(kind, factor, 0.0, f"real over model CPU of {len(xs)} run(s), idle included")
 
 
-def _fit_loadgen(runs: list[RunFacts]) -> tuple[float, str]:
-    """Locust CPU per client event (a send with its ack, or a receipt): the slope over
-    runs at different event rates where there are such runs, else CPU over events."""
-    xs = np.array([(r.sends + r.receipts) / r.window for r in runs])
-    ys = np.array([(r.loadgen_cpu_s or 0.0) / r.window for r in runs])
-    if len(runs) >= 2 and float(np.ptp(xs)) > 0.2 * float(xs.mean()):
-        slope, idle = (float(v) for v in np.polyfit(xs, ys, 1))
-        if slope > 0:
-            return slope, f"slope over {len(runs)} runs (idle {idle * 100:.2f}%)"
-    return float(ys.sum() / xs.sum()), f"CPU over events of {len(runs)} run(s)"
+def fit_kinds(runs: list[RunFacts], base: Params) -> list[KindFit]:
+    """One `KindFit` per kind of process that both the runs and their models show."""
+    per_run = [_twin_cpu(r, base) for r in runs]
+    fits = []
+    kinds = sorted({k for cpu, _ in per_run for k in cpu} & set(SCALED))
+    for kind in kinds:
+        pairs = [
+            (cpu[kind], (r.cpu_by_kind or {})[kind], counts[kind])
+            for r, (cpu, counts) in zip(runs, per_run, strict=True)
+            if kind in cpu and kind in (r.cpu_by_kind or {}) and cpu[kind] > 0
+        ]
+        if pairs:
+            xs, ys, ns = zip(*pairs, strict=True)
+            fits.append(_fit_kind(kind, list(xs), list(ys), max(ns)))
+    return fits
 
 
-def _fit_redis(runs: list[RunFacts]) -> tuple[float, str]:
-    """Redis CPU per command. Redis burns a little CPU when idle (its timers), so with
-    runs at different command rates the slope of CPU against rate is taken;
-    otherwise CPU over commands (an upper bound)."""
-    xs = [r.redis_ops / r.window for r in runs]
-    ys = [(r.infra_cpu_s or 0.0) / r.window for r in runs]
-    if len({round(x) for x in xs}) > 1:
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-        if slope > 0:
-            idle = my - slope * mx
-            return slope, (
-                f"slope of Redis CPU over {len(runs)} v2 runs at {min(xs):.0f}-{max(xs):.0f} "
-                f"commands/s (idle {idle * 100:.2f}% of a core)"
-            )
-    ops = sum(r.redis_ops for r in runs)
-    cpu = sum(r.infra_cpu_s or 0.0 for r in runs)
-    return cpu / ops, f"Redis CPU over {ops} commands of {len(runs)} v2 run(s)"
+def apply_fits(base: Params, fits: list[KindFit], *, consumes_on_front: bool) -> Params:
+    """`base` with every fitted kind's costs multiplied by its factor, and the idle
+    burns in `idle_cpu` (a v3 server consumes on its own loop: there `worker_record`
+    is the front's cost)."""
+    changes: dict[str, Any] = {}
+    idle = dict(base.idle_cpu)
+    for fit in fits:
+        names = SCALED[fit.kind]
+        if fit.kind == "front" and consumes_on_front:
+            names = (*names, "worker_record")
+        for name in names:
+            d: Dist = getattr(base, name)
+            changes[name] = Dist(d.mean * fit.factor, d.cv)
+        idle[fit.kind] = round(fit.idle, 5)
+    return base.with_(**changes, idle_cpu=idle)
 
 
 def calibrate(
-    run_dirs: list[Path | str], *, base: Params = DEFAULTS, fit_link: bool = True
+    run_dirs: list[Path | str],
+    *,
+    base: Params = DEFAULTS,
+    fit_link: bool = True,
+    capacity: float | None = None,
 ) -> Params:
-    """Parameters fitted to the real runs in `run_dirs` (see the module docstring)."""
+    """Parameters fitted to the real runs in `run_dirs` (see the module docstring);
+    `capacity` is the machine's cores' worth when known from a saturated run
+    (`machine_capacity`), else the machine's core count is taken."""
     runs = [read_run(d) for d in run_dirs]
     if not runs:
         raise CalibrationError("no run folders given")
     n_sends = sum(r.sends for r in runs)
     lag_mean = sum(r.lag_mean * r.sends for r in runs) / n_sends
     lag_cv = sum(r.lag_cv * r.sends for r in runs) / n_sends
-    a, b, how = _fit_node_costs(runs, base)
-    changes: dict[str, Any] = {
-        "client_send_lag": Dist(lag_mean, round(lag_cv, 3)),
-        "node_request": Dist(a, base.node_request.cv),
-        "node_push": Dist(b, base.node_push.cv),
-    }
+    stages_seen = sorted({r.stage for r in runs})
+    if len(stages_seen) > 1:
+        raise CalibrationError(
+            f"runs of several stages ({', '.join(stages_seen)}): calibrate one stage at a time"
+        )
+    info = stages.stage(stages_seen[0])
+    apache_kafka = any(r.broker == "kafka" for r in runs)
+    base = base.with_(
+        kafka_long_poll=apache_kafka or base.kafka_long_poll,
+        client_send_lag=Dist(lag_mean, round(lag_cv, 3)),
+        loadgen_processes=max(r.loadgen_processes for r in runs) or 1,
+    )
+    fits = fit_kinds(runs, base)
+    params = apply_fits(base, fits, consumes_on_front=info.back is None and "kafka" in info.needs)
+    cores = capacity or float(max(r.cores for r in runs))
     source: dict[str, Any] = {
         "how": "imlab calibrate",
+        "stage": stages_seen[0],
         "runs": [str(r.path) for r in runs],
-        "node_costs": how,
+        "cores": cores,
+        "loadgen_processes": params.loadgen_processes,
+        "kinds": {
+            f.kind: {"factor": round(f.factor, 4), "idle": round(f.idle, 5), "how": f.how}
+            for f in fits
+        },
     }
-    # Redis's cost per command is read off stages whose only service is Redis (v2):
-    # there every Redis command is the server's.
-    v2 = [r for r in runs if stages.stage(r.stage).needs == {"redis"} and r.infra_cpu_s]
-    if v2:
-        op, how_redis = _fit_redis(v2)
-        changes["redis_op"] = Dist(op, base.redis_op.cv)
-        source["redis_op"] = how_redis
-    gen = [r for r in runs if r.loadgen_cpu_s]
-    if gen:
-        per_event, how_gen = _fit_loadgen(gen)
-        changes["loadgen_event"] = Dist(per_event, base.loadgen_event.cv)
-        changes["loadgen_processes"] = max(r.loadgen_processes for r in gen) or 1
-        source["loadgen_event"] = how_gen
-    params = base.with_(**changes)
+    params = params.with_(machine_cores=cores)
     if fit_link:
         ref = min(runs, key=lambda r: r.users * r.rate)
         like = [r for r in runs if (r.stage, r.scenario) == (ref.stage, ref.scenario)]
@@ -297,13 +391,18 @@ def calibrate(
             "receipts": r.receipts,
             "ack_p50_ms": round(r.ack_p50 * 1000, 3),
             "push_p50_ms": round(r.push_p50 * 1000, 3),
-            "node_cpu_s": r.node_cpu_s,
-            "infra_cpu_s": r.infra_cpu_s,
-            "loadgen_cpu_s": r.loadgen_cpu_s,
+            "cpu_by_kind": r.cpu_by_kind,
         }
         for r in runs
     ]
     return params.with_(source=source)
+
+
+def machine_capacity(run_dirs: list[Path | str]) -> float | None:
+    """The most CPU (cores' worth) the processes of any of these runs got together: what
+    the machine gives when saturated. None when the runs have no CPU samples."""
+    totals = [sum((read_run(d).cpu_by_kind or {}).values()) for d in run_dirs]
+    return max(totals) if totals and max(totals) > 0 else None
 
 
 def simulate_like(run: RunFacts, params: Params, *, duration: float | None = None) -> Any:
@@ -317,6 +416,8 @@ def simulate_like(run: RunFacts, params: Params, *, duration: float | None = Non
         rate=run.rate,
         duration=duration or run.duration,
         group_size=run.group_size,
+        servers=run.nodes,
+        workers=run.workers or None,
         check=False,
         quiet=True,
     )

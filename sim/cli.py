@@ -51,7 +51,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the broker modelled: Apache Kafka (durable, the default) or Tansu (memory only)",
     )
     p.add_argument("--brokers", type=int, default=1, help="Kafka nodes modelled (1 or 3)")
-    p.add_argument("--params", default=None, help="parameter file from `imlab calibrate`")
+    p.add_argument(
+        "--params",
+        default=None,
+        help="parameter file from `imlab calibrate` (default: the stage's, sim/calibration/)",
+    )
+    p.add_argument(
+        "--this-machine",
+        action="store_true",
+        help="run the processes and the load tool on this machine's shared cores, as the "
+        "calibration runs did (default: each process on a core of its own)",
+    )
     p.add_argument(
         "--trace",
         default="auto",
@@ -128,6 +138,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             broker=args.broker,
             brokers=args.brokers,
             params=args.params,
+            this_machine=args.this_machine,
             trace=args.trace,
             trace_events=args.trace_events,
             sample=args.sample,
@@ -186,13 +197,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"imlab calibrate: {exc}", file=sys.stderr)
         return 2
     params.save(args.output)
-    for name in ("client_send_lag", "client_link", "node_request", "node_push", "redis_op",
-                 "loadgen_event"):  # fmt: skip
+    for name in ("client_send_lag", "client_link", "node_request", "node_push", "worker_record",
+                 "redis_op", "kafka_record", "loadgen_event"):  # fmt: skip
         d = getattr(params, name)
         print(f"{name:<16} mean {d.mean * 1e6:9.1f} µs  cv {d.cv:.2f}")
-    print(f"loadgen_processes {params.loadgen_processes}")
-    for key in ("node_costs", "redis_op", "client_link"):
-        if key in params.source:
-            print(f"{key}: {params.source[key]}")
+    print(
+        f"machine: {params.machine_cores:.2f} cores shared, "
+        f"{params.loadgen_processes} Locust processes"
+    )
+    for kind, fit in params.source.get("kinds", {}).items():
+        print(f"{kind:<8} x{fit['factor']:.3f}  {fit['how']}")
+    if "client_link" in params.source:
+        print(f"client_link: {params.source['client_link']}")
     print(f"wrote {args.output}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from sim.params import Dist
 
-__all__ = ["FifoServer", "LogHistogram", "Refused", "Sampler"]
+__all__ = ["FifoServer", "LogHistogram", "Machine", "Refused", "Sampler"]
 
 
 class Refused(Exception):
@@ -42,10 +42,11 @@ class FifoServer:
     down is lost (`Refused` at the moment it went down).
     """
 
-    __slots__ = ("_first", "_windows", "busy", "free_at", "jobs", "name", "refused")
+    __slots__ = ("_first", "_windows", "busy", "free_at", "jobs", "machine", "name", "refused")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.machine: Machine | None = None  # cores shared with other processes, if any
         self.free_at = 0.0
         self.busy = 0.0
         self.jobs = 0
@@ -72,11 +73,14 @@ class FifoServer:
 
     def serve(self, t: float, s: float) -> float:
         start = t if t > self.free_at else self.free_at
+        cpu = s
+        if self.machine is not None:
+            s = self.machine.stretch(self.name, start, s)
         done = start + s
         if self._windows:
             done = self._through_windows(t, start, s)
         self.free_at = done
-        self.busy += s
+        self.busy += cpu
         self.jobs += 1
         return done
 
@@ -99,6 +103,57 @@ class FifoServer:
             else:
                 done += b - a
         return done
+
+
+class Machine:
+    """The cores a set of processes share (`Params.machine_cores`): this machine's two.
+
+    Each process stays a FIFO server of its own; the machine shares its cores among the
+    processes that want them, as the kernel's fair scheduler does (processor sharing): a
+    burst of CPU runs at the speed of min(1, cores / (1 + the others' demand)), where
+    the others' demand is their recent work (an exponentially decaying sum with time
+    constant `tau`, per process) plus their idle burn (`background`, in cores: timers,
+    pings, the JVM's housekeeping). While the others leave a core free nothing slows;
+    past that every process slows in proportion, and the busiest one's queue grows,
+    which is how a full machine fails. `cores` may be fractional: a virtual machine's
+    cores give less than a core each when their host is busy (this one's gave about 1.7
+    of 2 at saturation, docs/RESULTS.md). A mean-value approximation, not a scheduler:
+    it gets the machine's saturation and the slowdown before it, not wake-up delays."""
+
+    __slots__ = ("_demand", "_t", "background", "cores", "max_stretch", "tau")
+
+    def __init__(
+        self, cores: float, background: float = 0.0, *, tau: float = 0.25, max_stretch: float = 50.0
+    ) -> None:
+        if cores <= 0 or background < 0 or tau <= 0:
+            raise ValueError("a machine needs cores > 0, background >= 0 and tau > 0")
+        self.cores = cores
+        self.background = background
+        self.tau = tau
+        self.max_stretch = max_stretch
+        self._demand: dict[str, float] = {}  # process -> cores' worth of recent work
+        self._t: dict[str, float] = {}
+
+    def _decayed(self, name: str, t: float) -> float:
+        last = self._t.get(name, t)
+        d = self._demand.get(name, 0.0)
+        return d * math.exp((last - t) / self.tau) if t > last else d
+
+    def load(self, t: float) -> float:
+        """Cores' worth of demand at `t`: every process's recent work and the idle burn."""
+        return self.background + sum(self._decayed(n, t) for n in self._demand)
+
+    def stretch(self, name: str, t: float, s: float) -> float:
+        """Record a burst of `s` CPU seconds of process `name` starting at `t`; return
+        how long it takes on the shared cores."""
+        others = self.background
+        for other in self._demand:
+            if other != name:
+                others += self._decayed(other, t)
+        factor = min(max(1.0, (others + 1.0) / self.cores), self.max_stretch)
+        self._demand[name] = self._decayed(name, t) + s * factor / self.tau
+        self._t[name] = max(t, self._t.get(name, t))
+        return s * factor
 
 
 class Sampler:

@@ -19,7 +19,10 @@ from typing import Any
 
 from sim.core import Deterministic, Distribution, LogNormal
 
-__all__ = ["DEFAULTS", "Dist", "Params", "load_params"]
+__all__ = ["CALIBRATION_DIR", "DEFAULTS", "Dist", "Params", "load_params", "stage_defaults"]
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+"""Each stage's defaults, `imlab calibrate` on its own real runs (`<stage>.json`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,16 @@ class Params:
     loadgen_processes: int = 0
     loadgen_event: Dist = Dist(0.000165, 0.5)
     """CPU of one Locust process per client event (a send and its ack, or a receipt)"""
+    # The machine the processes run on, when a run of this machine is reproduced.
+    machine_cores: float = 0.0
+    """cores' worth of CPU shared by every process of the run, the load tool's included
+    (0: every process has a core of its own, as in a scale model); `imlab calibrate`
+    takes the most CPU the runs' processes got together when a run saturated the
+    machine, else the machine's core count; see `sim.engine.Machine`"""
+    idle_cpu: dict[str, float] = field(default_factory=dict)
+    """cores' worth of CPU one process of each kind burns with no load (`front`,
+    `worker`, `redis`, `kafka`, `loadgen`): the intercepts `imlab calibrate` fits;
+    only a shared machine (`machine_cores`) feels them"""
     # The client SDK and the load tool's user (imlab/client/, loadtest/users.py).
     call_timeout: float = 10.0
     gap_sync_delay: float = 0.5
@@ -192,8 +205,25 @@ DEFAULTS = Params(
 )
 
 
-def load_params(path: Path | str | None) -> Params:
-    """The parameter file at `path`, or the built-in defaults when None."""
+def load_params(
+    path: Path | str | None, stage: str | None = None, *, this_machine: bool = False
+) -> Params:
+    """The parameter file at `path`; without one, `stage`'s defaults (`stage_defaults`),
+    or the built-in ones when no stage is named."""
     if path is None:
-        return DEFAULTS
+        return DEFAULTS if stage is None else stage_defaults(stage, this_machine=this_machine)
     return Params.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def stage_defaults(stage: str, *, this_machine: bool = False) -> Params:
+    """The stage's calibrated parameters (`CALIBRATION_DIR/<stage>.json`, the built-in
+    defaults for a stage without one). Calibration runs share this machine's cores with
+    the load tool; unless `this_machine`, that machine is dropped (each process on a
+    core of its own, every client its own device), which is what a scale model wants."""
+    path = CALIBRATION_DIR / f"{stage}.json"
+    if not path.exists():
+        return DEFAULTS
+    params = Params.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    if this_machine:
+        return params
+    return params.with_(machine_cores=0, loadgen_processes=0)

@@ -32,7 +32,7 @@ from imlab.experiment.faults import RUN_LONG, FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import PlanError
 from sim.history import History, JsonlRecorder, RunWriter
-from sim.params import Params, load_params
+from sim.params import CALIBRATION_DIR, Params, load_params
 from sim.population import SAMPLED_NOTE, population_figures, population_table
 from sim.sample import load_population, sample_scenario
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
@@ -80,7 +80,8 @@ class SimOptions:
     workers: int | None = None  # the processes behind them (v4 workers)
     broker: str = "kafka"  # the broker modelled: kafka (durable) or tansu (memory only)
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
-    params: str | None = None  # parameter file (imlab calibrate); None: built-in defaults
+    params: str | None = None  # parameter file (imlab calibrate); None: the stage's defaults
+    this_machine: bool = False  # share this machine's cores as the calibration runs did
     trace: str = "auto"  # auto | all | number of conversations
     sample: float | None = None  # simulate this fraction of conversations; the rest in aggregate
     trace_events: int = TRACE_EVENTS
@@ -99,6 +100,21 @@ class SimResult:
     manifest: dict[str, Any]
     metrics: dict[str, Any]
     summary: str
+
+
+def params_from(opts: SimOptions) -> str:
+    """Where a run's parameters came from, in words."""
+    if opts.params:
+        return opts.params
+    path = CALIBRATION_DIR / f"{opts.stage}.json"
+    if not path.exists():
+        return "built-in defaults (sim.params.DEFAULTS)"
+    where = (
+        "on this machine's shared cores with the load tool modelled"
+        if opts.this_machine
+        else "each process on a core of its own"
+    )
+    return f"{opts.stage}'s calibration (sim/calibration/{path.name}), {where}"
 
 
 def node_counts(opts: SimOptions) -> tuple[int, int]:
@@ -271,7 +287,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     say = _Progress(out, opts.quiet)
     plan = parse_faults(opts.faults)
     check_modelled(plan)
-    params = load_params(opts.params)
+    params = load_params(opts.params, opts.stage, this_machine=opts.this_machine)
     run_dir = opts.run_dir or new_run_dir("sim", opts.stage, opts.runs_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     recorder = JsonlRecorder(run_dir / "history.jsonl")
@@ -301,7 +317,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         f"for {opts.duration:g}s, {len(model.nodes)} node(s), {len(model.workers)} worker(s), "
         f"faults {plan.spec() or 'none'}{sampled}; tracing {len(traced):,} of "
         f"{len(sc.convs):,} conversations ({len(traced_users):,} users) into {run_dir}\n"
-        f"parameters: {opts.params or 'built-in defaults (sim.params.DEFAULTS)'}; "
+        f"parameters: {params_from(opts)}; "
         f"broker modelled: {broker}"
     )
     began = time.perf_counter()
@@ -339,7 +355,8 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     sim_info: dict[str, Any] = {
         "model": f"sim.{opts.stage}",
         "params_file": opts.params,
-        "params_from": opts.params or "built-in defaults (sim.params.DEFAULTS)",
+        "params_from": params_from(opts),
+        "params_source": params.source,
         "params": params.to_dict(),
         "broker_modelled": broker,
         "sample": None

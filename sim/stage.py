@@ -26,7 +26,7 @@ import simpy
 from imlab.experiment.faults import FaultPlan
 from sim.chaos import Chaos
 from sim.client import Client, User
-from sim.engine import FifoServer, Sampler
+from sim.engine import FifoServer, Machine, Sampler
 from sim.history import History
 from sim.kafka import Broker
 from sim.kafka_group import ConsumerGroup
@@ -144,6 +144,21 @@ class StageModel(Server):
                 self.broker, f"imlab-{self.stage}", session_timeout=params.kafka_session_timeout
             )
         self.setup()
+        self.machine: Machine | None = None
+        if params.machine_cores > 0:
+            self.machine = self.shared_machine(params)
+
+    def shared_machine(self, params: Params) -> Machine:
+        """Put every process of the run on one machine of `params.machine_cores` cores."""
+        kinds: list[tuple[str, FifoServer]] = [("front", n.cpu) for n in self.nodes]
+        kinds += [("worker", n.cpu) for n in self.workers]
+        kinds += [(name, server) for name, server in self.services().items()]
+        kinds += [("loadgen", lg) for lg in self.loadgens]
+        idle = sum(params.idle_cpu.get(kind, 0.0) for kind, _ in kinds)
+        machine = Machine(params.machine_cores, idle)
+        for _, server in kinds:
+            server.machine = machine
+        return machine
 
     # ------------------------------------------------------------ the run
 

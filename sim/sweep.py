@@ -341,7 +341,6 @@ def run_sweep(o: SweepOptions, out: TextIO | None = None) -> dict[str, Any]:
         if not o.quiet:
             print(text, file=out, flush=True)
 
-    params = load_params(o.params)
     run_dir = o.run_dir or new_run_dir("sweep", "-".join(s.dim for s in o.sweeps), o.runs_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -370,6 +369,7 @@ def run_sweep(o: SweepOptions, out: TextIO | None = None) -> dict[str, Any]:
                 f"[{done_points}/{todo_points} | {time.perf_counter() - began:6.1f}s] {stage} "
                 f"{_topology_text(stage, front, workers)}"
             )
+            params = load_params(o.params, stage)
             knee, levels = find_point(stage, front, workers, o, params, start, say)
             first_fail = next(
                 (lv for lv in sorted(levels, key=lambda x: x.offered)
@@ -408,7 +408,7 @@ def run_sweep(o: SweepOptions, out: TextIO | None = None) -> dict[str, Any]:
             for k, v in asdict(o).items()
             if k not in ("sweeps", "run_dir", "runs_root")
         },
-        "params_from": o.params or "built-in defaults (sim.params.DEFAULTS)",
+        "params_from": o.params or "each stage's calibrated defaults (sim/calibration/)",
         "kafka_record_us": params.kafka_record.mean * 1e6,
         "points": [asdict(p) for p in points],
         "wall_seconds": round(wall, 1),

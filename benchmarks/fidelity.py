@@ -30,7 +30,7 @@ from loadtest.capacity import CapacityOptions, run_capacity_all
 from loadtest.runner import LoadOptions, run_load
 from reports.knee import Level, find_knee
 from sim.calibrate import calibrate, machine_capacity, read_run
-from sim.params import CALIBRATION_DIR
+from sim.params import CALIBRATION_DIR, stage_defaults
 from sim.run import SimOptions, run_sim
 
 FAULTS: dict[str, list[str]] = {
@@ -61,6 +61,12 @@ def figures(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def outside_pct(run_dir: Path) -> float:
+    """% of a core processes outside the run used during it (the load tool's figure)."""
+    man = json.loads((run_dir / "manifest.json").read_text())
+    return float(man.get("other_processes_cpu_pct") or 0.0)
+
+
 def error(real: float | None, sim: float | None) -> float | None:
     """Relative error of the model, (sim - real) / real."""
     if real is None or sim is None or real == 0:
@@ -77,6 +83,11 @@ def _level(offered: float, f: dict[str, Any], run_dir: str) -> Level:
         delivered_per_s=f["delivered_per_s"],
         run_dir=run_dir,
     )
+
+
+def _topology(run_dir: Path) -> str:
+    f = read_run(run_dir)
+    return f"{f.nodes}+{f.workers}" if f.workers else str(f.nodes)
 
 
 def _offered(run_dir: Path) -> float:
@@ -101,6 +112,7 @@ def twin(real_dir: Path, params_file: Path, out_dir: Path, faults: str = "") -> 
             servers=facts.nodes,
             workers=facts.workers or None,
             max_drain=float(p.get("max_drain") or 15.0),
+            outside_cpu=facts.outside,
             params=str(params_file),
             run_dir=out_dir,
             quiet=True,
@@ -110,8 +122,16 @@ def twin(real_dir: Path, params_file: Path, out_dir: Path, faults: str = "") -> 
 
 
 def stage_fidelity(
-    stage: str, ladder: Path, out: Path, *, with_faults: bool, write_defaults: bool
+    stage: str,
+    ladder: Path,
+    out: Path,
+    *,
+    with_faults: bool,
+    write_defaults: bool,
+    committed: bool = False,
 ) -> dict[str, Any]:
+    """Calibrate `stage` from the levels of `ladder` that held (or, `committed`, take its
+    calibration in sim/calibration/ as it is) and compare every level with its twin."""
     levels = sorted(
         (d for d in ladder.glob("L*-*") if (d / "manifest.json").exists()),
         key=lambda d: int(d.name[1:].split("-")[0]),
@@ -129,11 +149,13 @@ def stage_fidelity(
         for d, lv in zip(levels, real_levels, strict=True)
         if knee_real.knee and lv.offered <= knee_real.knee
     ]
-    fit_on = held if len(held) >= 2 else levels[:2]
-    saturated = knee_real.first_failing is not None
-    capacity = machine_capacity(levels) if saturated else None
-    params = calibrate(fit_on, capacity=capacity)
+    fit_on = [] if committed else held if len(held) >= 2 else levels[:2]
     params_file = out / "params.json"
+    if committed:
+        params = stage_defaults(stage, this_machine=True)
+    else:
+        saturated = knee_real.first_failing is not None
+        params = calibrate(fit_on, capacity=machine_capacity(levels) if saturated else None)
     params.save(params_file)
     if write_defaults:
         CALIBRATION_DIR.mkdir(exist_ok=True)
@@ -148,6 +170,7 @@ def stage_fidelity(
             {
                 "level": real_dir.name,
                 "offered": offered,
+                "outside_pct": outside_pct(real_dir),
                 "fitted": real_dir in fit_on,
                 "real": real,
                 "sim": sim,
@@ -159,6 +182,7 @@ def stage_fidelity(
     record: dict[str, Any] = {
         "stage": stage,
         "ladder": str(ladder),
+        "topology": _topology(levels[0]),
         "params": str(params_file),
         "kinds": params.source.get("kinds"),
         "client_link_ms": round(params.client_link.mean * 1000, 3),
@@ -179,20 +203,21 @@ def stage_faults(stage: str, low: Path, params_file: Path, out: Path) -> list[di
     for spec in FAULTS.get(stage, []):
         name = spec.split("@")[0].replace(":", "-")
         real_dir = out / f"real-{name}"
-        result = run_load(
-            LoadOptions(
-                stage=stage,
-                scenario=facts.scenario,
-                users=facts.users,
-                rate=facts.rate,
-                duration=10.0,
-                faults=spec,
-                max_drain=15.0,
-                run_dir=real_dir,
-                quiet=True,
+        if not (real_dir / "metrics.json").exists():  # a folder from before is judged again
+            run_load(
+                LoadOptions(
+                    stage=stage,
+                    scenario=facts.scenario,
+                    users=facts.users,
+                    rate=facts.rate,
+                    duration=10.0,
+                    faults=spec,
+                    max_drain=15.0,
+                    run_dir=real_dir,
+                    quiet=True,
+                )
             )
-        )
-        real = figures(result.metrics)
+        real = figures(json.loads((real_dir / "metrics.json").read_text()))
         sim = twin(real_dir, params_file, out / f"sim-{name}", faults=spec)
         rows.append({"fault": spec, "real": real, "sim": sim})
         print(
@@ -223,28 +248,32 @@ def _row_text(r: dict[str, Any]) -> str:
     )
 
 
+def _label(st: dict[str, Any]) -> str:
+    return f"{st['stage']} ({st['topology']})"
+
+
 def markdown(record: dict[str, Any]) -> str:
     lines = [
         "| stage | offered msgs/s | push p50 real / model | p99 real / model "
-        "| delivered/s real / model | lost real / model |",
-        "|---|--:|---|---|---|---|",
+        "| delivered/s real / model | lost real / model | outside CPU |",
+        "|---|--:|---|---|---|---|--:|",
     ]
     for st in record["stages"]:
         for r in st["levels"]:
             re_, si, er = r["real"], r["sim"], r["error"]
             lines.append(
-                f"| {st['stage']}{' (fitted)' if r['fitted'] else ''} | {r['offered']:g} | "
+                f"| {_label(st)}{' fitted' if r['fitted'] else ''} | {r['offered']:g} | "
                 f"{_ms(re_['push_p50_ms'])} / {_ms(si['push_p50_ms'])} ms "
                 f"({_pct(er['push_p50_ms'])}) | {_ms(re_['push_p99_ms'])} / "
                 f"{_ms(si['push_p99_ms'])} ms ({_pct(er['push_p99_ms'])}) | "
                 f"{_ms(re_['delivered_per_s'])} / {_ms(si['delivered_per_s'])} | "
-                f"{re_['lost']} / {si['lost']} |"
+                f"{re_['lost']} / {si['lost']} | {r['outside_pct']:.0f}% |"
             )
     lines += ["", "| stage | knee real | knee model |", "|---|--:|--:|"]
     for st in record["stages"]:
         kr, ks = st["knee_real"], st["knee_sim"]
         lines.append(
-            f"| {st['stage']} | {kr.get('knee') or '-'} ({kr['status']}) | "
+            f"| {_label(st)} | {kr.get('knee') or '-'} ({kr['status']}) | "
             f"{ks.get('knee') or '-'} ({ks['status']}) |"
         )
     faults = [(st["stage"], f) for st in record["stages"] for f in st.get("faults", [])]
@@ -271,12 +300,20 @@ def main() -> int:
     ap.add_argument("--faults", action="store_true", help="also each stage's faults")
     ap.add_argument("--write-defaults", action="store_true", help="write sim/calibration/")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
+    ap.add_argument(
+        "--check-ladder",
+        type=Path,
+        action="append",
+        default=[],
+        help="a further `imlab capacity` ladder folder (e.g. v3 on 1 server), compared with "
+        "its stage's committed calibration, not calibrated on (repeatable)",
+    )
     args = ap.parse_args()
     install_signal_handlers()
     stages = [s for s in args.stages.split(",") if s]
     began = time.time()
     ladders = args.ladders
-    if ladders is None:
+    if ladders is None and not args.check_ladder:
         ladders = args.out / "ladders"
         run_capacity_all(
             stages,
@@ -288,11 +325,12 @@ def main() -> int:
     record: dict[str, Any] = {
         "machine": machine_info(),
         "started_at": began,
-        "ladders": str(ladders),
+        "ladders": str(ladders) if ladders else None,
         "stages": [],
     }
-    for stage in stages:
+    for stage in stages if not args.check_ladder or args.ladders else []:
         print(f"== {stage}", flush=True)
+        assert ladders is not None
         record["stages"].append(
             stage_fidelity(
                 stage,
@@ -300,6 +338,19 @@ def main() -> int:
                 args.out / stage,
                 with_faults=args.faults,
                 write_defaults=args.write_defaults,
+            )
+        )
+    for ladder in args.check_ladder:
+        stage = read_run(next(ladder.glob("L1-*"))).stage
+        print(f"== {ladder} ({stage}, committed calibration)", flush=True)
+        record["stages"].append(
+            stage_fidelity(
+                stage,
+                ladder,
+                args.out / ladder.name,
+                with_faults=False,
+                write_defaults=False,
+                committed=True,
             )
         )
     record["seconds"] = round(time.time() - began, 1)

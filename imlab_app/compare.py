@@ -244,7 +244,8 @@ def run_case(
         return done
     from sim.run import SimOptions, run_sim
 
-    sim_opts = SimOptions(**same)  # the stage's own process counts, as the real run
+    # the stage's own process counts, on this machine's shared cores as the real run
+    sim_opts = SimOptions(**same, this_machine=True)
     return run_sim(sim_opts, out=io.StringIO()).run_dir
 
 

@@ -1,25 +1,29 @@
 """`imlab calibrate`: derive a stage model's parameters from real runs of `imlab load`.
 
-From each run folder it reads the manifest (the scenario and load, the send
-window, the CPU the stage's processes and the Locust processes used during it,
-sampled by the load tool) and the clients' histories (send lag, ack and push
-latencies, how many messages and receipts there were). Then:
+From each run folder (one stage, two or more loads) it reads the manifest (the
+scenario, load and topology, the send window, the CPU every process used during it,
+sampled by the load tool, with the processes' names) and the clients' histories (send
+lag, ack and push latencies). Then:
 
 - `client_send_lag`: mean and cv of `t - intended` over all sends;
-- `node_request` and `node_push`: the server processes' CPU seconds split over
-  requests and pushed connections by least squares across the runs (with a single
-  fan-out the split keeps the default ratio of the two and fits the scale);
-- `redis_op`: Redis CPU seconds per command (v2 runs only, where Redis is the one
-  process besides the servers);
-- `loadgen_event`, `loadgen_processes`: Locust CPU seconds per client event and the
-  number of Locust processes, so a run of this machine can be reproduced;
+- per kind of process (`front`: servers or gateways; `worker`; `redis`; `kafka`: the
+  broker; `postgres`; `loadgen`: Locust), one factor on its costs: each run's twin is
+  simulated with the current costs, and the real CPU of the kind is fitted against the
+  model's as a line over the runs. Its slope multiplies every cost of that kind
+  (`SCALED`: the ratios inside a kind, a push against a request, keep their defaults;
+  a v3 server consumes on its own loop, so there `worker_record` is a front cost), its
+  intercept is the kind's idle burn (`idle_cpu`: pings, timers, the JVM). With one run,
+  or loads too close together, the factor is real over model CPU (an upper bound);
+- the machine: `machine_cores` is the cores' worth the runs' processes got together
+  when the machine was saturated (`capacity`, from a run past the knee), else the core
+  count; with `loadgen_processes` it lets the model reproduce this machine
+  (`sim.engine.Machine`, `imlab sim --this-machine`);
+- on Apache Kafka the broker answers a waiting fetch at once (`kafka_long_poll`);
 - `client_link`: the one-way client<->server delay is what the CPU figures leave
   unexplained; it is fitted by simulating the runs (those of the lowest-load run's
-  stage and scenario) until the simulated median ack latencies match the real ones
-  on average (relative errors summing to zero). One delay cannot match them all:
-  on this VM the real medians *fall* as load rises (busier processes and virtual
-  CPUs wake up faster), while the model's only rise. Push latency is not fitted: it
-  stays a prediction that the tests compare with the real one.
+  scenario) until the simulated median ack latencies match the real ones on average.
+  Push latency, tails, throughput and the knee are never fitted: they are what the
+  model predicts and benchmarks/fidelity.py compares.
 
 Everything not derivable from the runs keeps its default (see `sim.params`).
 """
@@ -75,6 +79,7 @@ class RunFacts:
     nodes: int = 1
     workers: int = 0
     broker: str = ""
+    outside: float = 0.0  # cores' worth processes outside the run used meanwhile
     cores: int = 0
     cpu_by_kind: dict[str, float] | None = None  # cores' worth over the window, by kind
 
@@ -171,6 +176,7 @@ def read_run(run_dir: Path | str) -> RunFacts:
         loadgen_processes=int((man.get("load_generator") or {}).get("processes") or 0),
         nodes=max(1, sum(1 for n in procs if not str(n).startswith("worker"))),
         workers=int(spec.get("workers") or 0),
+        outside=float(man.get("other_processes_cpu_pct") or 0.0) / 100.0,
         broker=str(((man.get("cluster") or {}).get("broker") or {}).get("name") or ""),
         cores=int((man.get("machine") or {}).get("cpu_count") or 0),
         cpu_by_kind=_cpu_by_kind(man, pcts) if pcts else None,
@@ -399,9 +405,11 @@ def calibrate(
 
 
 def machine_capacity(run_dirs: list[Path | str]) -> float | None:
-    """The most CPU (cores' worth) the processes of any of these runs got together: what
-    the machine gives when saturated. None when the runs have no CPU samples."""
-    totals = [sum((read_run(d).cpu_by_kind or {}).values()) for d in run_dirs]
+    """The most CPU (cores' worth) the processes of any of these runs got together, with
+    what processes outside them took: what the machine gives when saturated. None when
+    the runs have no CPU samples."""
+    runs = [read_run(d) for d in run_dirs]
+    totals = [sum((r.cpu_by_kind or {}).values()) + r.outside for r in runs]
     return max(totals) if totals and max(totals) > 0 else None
 
 
@@ -418,6 +426,7 @@ def simulate_like(run: RunFacts, params: Params, *, duration: float | None = Non
         group_size=run.group_size,
         servers=run.nodes,
         workers=run.workers or None,
+        outside_cpu=run.outside,
         check=False,
         quiet=True,
     )

@@ -118,6 +118,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER")
     c.add_argument("-o", "--output", default="sim-params.json", help="parameter file to write")
     c.add_argument("--no-fit", action="store_true", help="do not fit the link delay")
+    c.add_argument(
+        "--machine-cores",
+        type=float,
+        default=None,
+        help="cores' worth the machine gives when saturated (default: the most CPU the "
+        "runs' processes got together if --saturated, else the core count)",
+    )
+    c.add_argument(
+        "--saturated",
+        action="store_true",
+        help="some of the runs saturated the machine: take their CPU as its capacity",
+    )
     c.set_defaults(func=cmd_calibrate)
 
 
@@ -189,10 +201,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from sim.calibrate import CalibrationError, calibrate
+    from sim.calibrate import CalibrationError, calibrate, machine_capacity
 
     try:
-        params = calibrate(args.run_dirs, fit_link=not args.no_fit)
+        capacity = args.machine_cores
+        if capacity is None and args.saturated:
+            capacity = machine_capacity(args.run_dirs)
+        params = calibrate(args.run_dirs, fit_link=not args.no_fit, capacity=capacity)
     except (CalibrationError, OSError, ValueError) as exc:
         print(f"imlab calibrate: {exc}", file=sys.stderr)
         return 2

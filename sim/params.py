@@ -156,6 +156,9 @@ class Params:
     """cores' worth of CPU one process of each kind burns with no load (`front`,
     `worker`, `redis`, `kafka`, `loadgen`): the intercepts `imlab calibrate` fits;
     only a shared machine (`machine_cores`) feels them"""
+    machine_outside: float = 0.0
+    """cores' worth of CPU processes outside the run used meanwhile (a real run's
+    `other_processes_cpu_pct` / 100), when its twin reproduces the machine as it was"""
     # The client SDK and the load tool's user (imlab/client/, loadtest/users.py).
     call_timeout: float = 10.0
     gap_sync_delay: float = 0.5

@@ -82,6 +82,7 @@ class SimOptions:
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
     params: str | None = None  # parameter file (imlab calibrate); None: the stage's defaults
     this_machine: bool = False  # share this machine's cores as the calibration runs did
+    outside_cpu: float = 0.0  # with it: cores' worth other processes took (a real run's twin)
     trace: str = "auto"  # auto | all | number of conversations
     sample: float | None = None  # simulate this fraction of conversations; the rest in aggregate
     trace_events: int = TRACE_EVENTS
@@ -225,6 +226,8 @@ def build_model(
     params = dataclasses.replace(
         params, kafka_durable=opts.broker != "tansu", kafka_brokers=opts.brokers
     )
+    if opts.outside_cpu:
+        params = dataclasses.replace(params, machine_outside=opts.outside_cpu)
     model = cls(
         sc,
         params,

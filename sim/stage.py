@@ -155,7 +155,7 @@ class StageModel(Server):
         kinds += [(name, server) for name, server in self.services().items()]
         kinds += [("loadgen", lg) for lg in self.loadgens]
         idle = sum(params.idle_cpu.get(kind, 0.0) for kind, _ in kinds)
-        machine = Machine(params.machine_cores, idle)
+        machine = Machine(params.machine_cores, idle + params.machine_outside)
         for _, server in kinds:
             server.machine = machine
         return machine

@@ -1,4 +1,5 @@
-"""The v2 model against the real v2 under the `group` scenario at two load levels.
+"""The model against the real stages: v2 calibrated here from two real `group` runs, and
+every stage's committed calibration against one short real run of it (at the end).
 
 Two short real runs are made here with the load tool's runner (80 and 320 sends/s).
 The model is calibrated from them: server, Redis and Locust CPU as slopes of CPU
@@ -92,3 +93,62 @@ def test_simulated_v2_push_median_is_near_the_real_one_at_two_loads(tmp_path: Pa
         assert sim["deliveries"]["lost"] == 0
         assert abs(sim_p50 - real_p50) <= TOLERANCE * real_p50, "; ".join(report)
     print("; ".join(report))
+
+
+# ---------------------------------------------------------------- every stage's calibration
+
+STAGE_TOLERANCE = 0.35
+"""Push p50, model against real, at a load below every stage's knee: what held for the
+fitted levels of benchmarks/fidelity.py (docs/RESULTS.md, "Fidelity"), with room for
+the run-to-run spread of real medians on this VM."""
+STAGE_LOAD = 100  # dm msgs/s: under every stage's knee here (v3-v5: 200)
+
+
+@pytest.mark.parametrize("stage", ["v1", "v2", "v3", "v4", "v5"])
+def test_each_stage_calibration_predicts_its_real_run(tmp_path: Path, stage: str) -> None:
+    """The stage's committed calibration (sim/calibration/<stage>.json), on this
+    machine's shared cores, against one short real dm run: push p50 within
+    STAGE_TOLERANCE, the same deliveries per second within 5 % and nothing lost in either."""
+    from sim.params import CALIBRATION_DIR
+
+    assert (CALIBRATION_DIR / f"{stage}.json").exists(), "benchmarks/fidelity.py --write-defaults"
+    busy = 0.0
+    for attempt in range(2):
+        result = run_load(
+            LoadOptions(
+                stage=stage,
+                scenario="dm",
+                users=100,
+                rate=STAGE_LOAD / 100,
+                duration=DURATION,
+                run_dir=tmp_path / f"real-{attempt}",
+                quiet=True,
+            )
+        )
+        busy = float(result.manifest.get("other_processes_cpu_pct") or 0.0)
+        if busy < OTHER_BUSY_PCT:
+            break
+    else:
+        pytest.skip(f"processes outside the test used {busy:.0f}% of a core during the real run")
+    real = result.metrics
+    sim = run_sim(
+        SimOptions(
+            stage=stage,
+            scenario="dm",
+            users=100,
+            rate=STAGE_LOAD / 100,
+            duration=DURATION,
+            this_machine=True,
+            run_dir=tmp_path / "sim",
+            quiet=True,
+        )
+    ).metrics
+    real_p50 = real["latency_ms"]["push"]["p50"]
+    sim_p50 = sim["latency_ms"]["push"]["p50"]
+    said = f"{stage} at {STAGE_LOAD} dm/s: push p50 real {real_p50:.2f}, model {sim_p50:.2f} ms"
+    print(said)
+    assert real["deliveries"]["lost"] == 0 and sim["deliveries"]["lost"] == 0
+    real_rate = real["throughput"]["deliveries_per_s"]
+    sim_rate = sim["throughput"]["deliveries_per_s"]
+    assert abs(sim_rate - real_rate) <= 0.05 * real_rate, (real_rate, sim_rate)
+    assert abs(sim_p50 - real_p50) <= STAGE_TOLERANCE * real_p50, said

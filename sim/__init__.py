@@ -9,13 +9,15 @@ the load tool's `users` (`loadtest/users.py`), the `consumers` loop
 `routing` is what v3, v4 and v5 share (`imlab/routing.py`); `sqlstore` is v5's
 PostgreSQL (`imlab/sqlstore.py`); `v1`..`v5` are one model per stage.
 
-Underneath: `core` holds the distributions and seeded streams, `engine` the fast
-FIFO server and samplers the models run on, `theory` the closed-form results they
-are validated against, `history` the run-folder writer, `scenario` the load tool's
-scenarios, `params` the calibrated numbers. `run` is the `imlab sim` run (with
-`population`, the figures only a simulation knows), `sweep` the scale-out curves
-(`imlab sim --sweep`: knees against node counts), `calibrate` the `imlab
-calibrate` fit, `cli` both subcommands.
+Underneath: `core` holds the distributions and seeded streams, `engine` the fast FIFO
+server, the shared `Machine` (a real run's processes and the load tool on this machine's
+cores, `imlab sim --this-machine`) and samplers the models run on, `theory` the closed-
+form results they are validated against, `history` the run-folder writer, `scenario` the
+load tool's scenarios, `params` the calibrated numbers (each stage's own in
+`calibration/<stage>.json`, fitted by `imlab calibrate` on its real capacity ladder,
+benchmarks/fidelity.py). `run` is the `imlab sim` run (with `population`, the figures
+only a simulation knows), `sweep` the scale-out curves (`imlab sim --sweep`: knees
+against node counts), `calibrate` the `imlab calibrate` fit, `cli` both subcommands.
 
 Populations too large to simulate user by user (`imlab sim --sample F`, `sample`):
 a random fraction F of the conversations is simulated message by message and the

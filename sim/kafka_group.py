@@ -118,9 +118,18 @@ class Consumer(Generic[V]):
                     yield env.timeout(self.background_commit)
                     break
             if self.long_poll and broker.up:
-                self._wakeup = env.event()
-                yield self._wakeup | env.timeout(deadline - env.now)
+                wait = deadline - env.now
+                bg = math.inf
+                if self.background_rate > 0:
+                    bg = self.rng.expovariate(self.background_rate)
+                wake = self._wakeup = env.event()
+                yield wake | env.timeout(min(wait, bg))
                 self._wakeup = None
+                if not wake.triggered and bg < wait:
+                    # the population's next record answered the fetch: handled, committed
+                    self._checked = env.now
+                    yield env.timeout(self.background_commit)
+                    break
             else:
                 yield env.timeout(deadline - env.now)
         yield env.timeout(broker.link.sample(self.rng))

@@ -136,3 +136,17 @@ def test_the_ladder_is_refined_between_the_knee_and_the_first_failure(
     assert offered[4:] == [pytest.approx(282.8, abs=0.1), pytest.approx(336.4, abs=0.1)]
     assert summary["knee"]["knee"] == pytest.approx(282.8, abs=0.1)
     assert json.loads((tmp_path / "capacity.json").read_text())["levels"][-1]["offered"] > 300
+
+
+@pytest.mark.parametrize("stage", ["v1", "v2", "v3", "v4", "v5"])
+def test_every_stage_has_a_calibration_that_says_where_it_came_from(stage: str) -> None:
+    from sim.params import CALIBRATION_DIR, stage_defaults
+
+    raw = json.loads((CALIBRATION_DIR / f"{stage}.json").read_text())
+    source = raw["source"]
+    assert source["stage"] == stage and source["how"] == "imlab calibrate"
+    assert len(source["runs"]) >= 2 and source["cores"] > 0 and source["kinds"]["front"]
+    scale = stage_defaults(stage)  # a scale model: every process on a core of its own
+    assert scale.machine_cores == 0 and scale.loadgen_processes == 0
+    here = stage_defaults(stage, this_machine=True)
+    assert here.machine_cores == raw["machine_cores"] > 0 and here.loadgen_processes >= 1

@@ -1,6 +1,9 @@
 """The sampled population (`imlab sim --sample`) against the full per-user simulation: at
-10,000 users below saturation, the sample's push p50 and p99, delivered/expected ratio
-and acked-ok ratio agree with the full run's within 5 %."""
+10,000 users below saturation, the sample's push p50, delivered/expected ratio and
+acked-ok ratio agree with the full run's within 5 %, its p99 within 10 %: a tenth is
+about 24,000 sampled deliveries, and on v4's calibration (the broker answers a waiting
+fetch at once) their p99 moves by ±7 % from seed to seed (16.8-19.0 ms against the full
+run's 17.7-18.1 ms, seeds 1-3), so 5 % would test the seed."""
 
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def test_a_tenth_sampled_agrees_with_everybody_within_5_percent(tmp_path: Path, 
     full = figures(tmp_path, stage, None)
     sampled = figures(tmp_path, stage, 0.1)
     off = {k: abs(sampled[k] / full[k] - 1.0) for k in full}
-    assert all(v <= 0.05 for v in off.values()), (full, sampled)
+    allowed = {k: 0.10 if k == "push p99" else 0.05 for k in full}
+    assert all(off[k] <= allowed[k] for k in full), (full, sampled)
 
 
 def test_the_sample_is_recorded_and_keeps_the_population_offered_load(tmp_path: Path) -> None:
@@ -50,5 +54,5 @@ def test_the_sample_is_recorded_and_keeps_the_population_offered_load(tmp_path: 
     sample = manifest["sim"]["sample"]
     assert sample["of_users"] == 2_000 and sample["users"] < 200
     assert manifest["params"]["offered_sends_per_s"] == pytest.approx(100.0)
-    assert manifest["sim"]["params_from"].startswith("built-in defaults")
+    assert manifest["sim"]["params_from"].startswith("v2's calibration")
     assert manifest["population"]["servers"]["server-0"]["background_jobs"] > 0

@@ -10,7 +10,7 @@ import numpy as np
 
 from sim.engine import FifoServer
 from sim.ledger import OK
-from sim.sample import LoadedServer
+from sim.sample import LoadedServer, kind_of
 from sim.stage import StageModel
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "BusyWindow",
     "population_figures",
     "population_table",
-    "resource_class",
     "resource_classes",
 ]
 
@@ -130,12 +129,6 @@ def population_figures(model: StageModel, busy: BusyWindow | None = None) -> dic
     }
 
 
-def resource_class(name: str) -> str:
-    """The kind of a process or service from its name: gateway-3 -> gateway, redis-0 -> redis."""
-    head, _, tail = name.rpartition("-")
-    return head if head and tail.isdigit() else name
-
-
 def _servers(model: StageModel) -> list[FifoServer]:
     return [n.cpu for n in (*model.nodes, *model.workers)] + list(model.services().values())
 
@@ -178,7 +171,7 @@ def resource_classes(
         shares = [s.busy / now for s in servers]
     out: dict[str, list[float]] = {}
     for s, u in zip(servers, shares, strict=True):
-        out.setdefault(resource_class(s.name), []).append(u)
+        out.setdefault(kind_of(s.name), []).append(u)
     return {
         k: {"n": len(v), "mean": round(sum(v) / len(v), 4), "max": round(max(v), 4)}
         for k, v in out.items()

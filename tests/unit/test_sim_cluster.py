@@ -18,8 +18,8 @@ from sim.core import Deterministic
 from sim.engine import Sampler
 from sim.kafka import Broker
 from sim.params import Dist
-from sim.population import resource_class
 from sim.run import SimOptions, refusal_warning, run_sim
+from sim.sample import kind_of
 from sim.store import Store
 
 OP = 0.0001
@@ -157,7 +157,7 @@ def test_a_sharded_v4_run_uses_every_shard_and_leader(tmp_path: Path) -> None:
 
 
 def test_names_make_resource_classes() -> None:
-    assert [resource_class(n) for n in ("gateway-12", "redis", "redis-3", "kafka-0")] == [
+    assert [kind_of(n) for n in ("gateway-12", "redis", "redis-3", "kafka-0")] == [
         "gateway",
         "redis",
         "redis",

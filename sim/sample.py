@@ -22,7 +22,8 @@ million to a fraction of a percent). Copies after its own jobs would multiply bo
 into bursts and hot servers the population does not have (44 gateways at scale 20:
 push p50 23 ms where a sample 4 times larger gave 12, p99 97 against 26). So the
 population's jobs come to it as an even stream at its kind's sampled rate per member
-(over the last second) times `scale - 1`: each member gets its even share.
+(over the last second) times `scale - 1`, with the work of the kind's recent sampled
+jobs: each member gets its even share of the kind's load and mix.
 
 What the sample can see: latency distributions, acked and delivered ratios, queue
 growth and saturation of every server, the effect of faults on the sampled messages.
@@ -68,6 +69,9 @@ __all__ = [
 _RECENT = 64
 _SILENCE = 8.0  # a server that saw no sampled job for this many of its mean gaps was idle
 _WINDOW = 1.0  # seconds over which a kind's sampled rate is counted
+# A kind's mix is its last 1,024 sampled jobs': a few seconds of 64 per member would carry
+# the connect phase's costly jobs seconds into the send window (gateways above 100 %).
+_KIND_RECENT = 1024
 
 
 def kind_of(name: str) -> str:
@@ -80,10 +84,12 @@ class Kind:
     """The servers of one kind (`members` of them) and their sampled jobs per second over
     the last `_WINDOW` seconds (two buckets, the older one fading out)."""
 
-    __slots__ = ("members", "now", "prev", "since", "start")
+    __slots__ = ("members", "now", "prev", "recent", "seen", "since", "start")
 
     def __init__(self, members: int) -> None:
         self.members = members
+        self.recent = np.zeros(_KIND_RECENT)  # the kind's last sampled jobs' work
+        self.seen = 0
         self.start = 0.0  # the current bucket's start
         self.now = 0  # sampled jobs in the current bucket
         self.prev = -1  # in the bucket before (-1: none yet)
@@ -98,6 +104,10 @@ class Kind:
             self.now = 0
             self.start += ahead * _WINDOW
         self.now += 1
+
+    def record(self, s: float) -> None:
+        self.recent[self.seen % self.recent.size] = s
+        self.seen += 1
 
     def rate(self, t: float, copies: float) -> float:
         """The population's unsampled jobs per second at one member, at `t`."""
@@ -184,8 +194,9 @@ class LoadedServer(FifoServer):
 class KindServer(LoadedServer):
     """A loaded server of a kind with several members: the population's jobs come as an
     even stream at the kind's sampled rate per member times `scale - 1` (not after the
-    server's own sampled jobs), each with the work of one of its recent sampled jobs,
-    served in arrival order before each sampled job."""
+    server's own sampled jobs), each with the work of one of the kind's last 1,024
+    sampled jobs (the kind's mix, not this member's few), served in arrival order
+    before each sampled job."""
 
     __slots__ = ("_ia", "_kind", "_last", "_next")
 
@@ -200,10 +211,11 @@ class KindServer(LoadedServer):
         if self._last >= 0.0:
             self._ia += (t - self._last - self._ia) / _RECENT
         self._last = t
-        self._kind.saw(t)
+        kind = self._kind
+        kind.saw(t)
         self._stream(t)
         done = FifoServer.serve(self, t, s)
-        self._recent[self._seen % _RECENT] = s
+        kind.record(s)
         self._seen += 1
         return done
 
@@ -222,7 +234,8 @@ class KindServer(LoadedServer):
         k = int((t - nxt) / step) + 1
         self._next = nxt + k * step
         self._at = nxt + step * np.arange(k, dtype=np.float64)
-        self._work = self._recent[self._gen.integers(0, min(self._seen, _RECENT), k)]
+        kind = self._kind
+        self._work = kind.recent[self._gen.integers(0, min(kind.seen, kind.recent.size), k)]
         self._background(t)
 
 

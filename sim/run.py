@@ -199,9 +199,10 @@ def refusal_warning(population: dict[str, Any]) -> str:
         return ""
     busiest = sorted(population["classes"].items(), key=lambda kv: kv[1]["max"], reverse=True)[:3]
     load = ", ".join(f"{name} {c['max']:.0%}" for name, c in busiest)
+    codes = f" {sends['acked_error_by_code']}" if sends["acked_error_by_code"] else ""
     return (
         f"!!! ONLY {sends['acked_ok']:,} OF {attempted:,} SENDS ACKED OK "
-        f"({sends['acked_error']:,} errors {sends['acked_error_by_code'] or ''}, "
+        f"({sends['acked_error']:,} errors{codes}, "
         f"{sends['never_acked']:,} never acked): the run is overloaded or broken, its "
         f"latencies mean nothing. Busiest over the run: {load} (utilisation; near or "
         "above 100 % is saturated: add --gateways/--workers/--redis-shards/--kafka-leaders)"

@@ -176,3 +176,27 @@ def test_a_run_whose_sends_mostly_failed_says_so_loudly() -> None:
     assert "ONLY 0 OF 100 SENDS ACKED OK" in text and "kafka 170%" in text
     pop["sends"]["acked_ok"] = 90
     assert refusal_warning(pop) == ""
+
+
+def test_members_of_a_kind_get_its_even_share_of_the_population_however_uneven_the_sample() -> None:
+    """gateway-0 sees three sampled jobs for each of gateway-1's; the population spreads
+    evenly, so both serve about the same population jobs (scale 10: 9 per sampled job
+    of the kind's mean); a lone server gets scale - 1 copies of each of its own."""
+    from sim.engine import FifoServer
+    from sim.sample import KindServer, LoadedServer, load_population
+
+    a, b, lone = load_population(
+        [FifoServer("gateway-0"), FifoServer("gateway-1"), FifoServer("redis")], 10.0, 0.01, 1
+    )
+    assert isinstance(a, KindServer) and isinstance(b, KindServer)
+    assert type(lone) is LoadedServer
+    for i in range(4000):
+        t = i * 0.0025
+        a.serve(t, 0.0001)
+        if i % 3 == 0:
+            b.serve(t, 0.0001)
+        lone.serve(t, 0.0001)
+    mean_sampled = (a.jobs + b.jobs) / 2
+    for server in (a, b):
+        assert server.bg_jobs == pytest.approx(9 * mean_sampled, rel=0.05)
+    assert lone.bg_jobs == pytest.approx(9 * lone.jobs, rel=0.01)

@@ -326,7 +326,7 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     broker = (
         f"{opts.broker} ({'durable' if opts.broker != 'tansu' else 'memory only'}, "
         f"{opts.brokers} node{'s' if opts.brokers > 1 else ''}"
-        f"{f', {opts.kafka_leaders} leading partitions' if opts.kafka_leaders > 1 else ''})"
+        f"{f', partitions led by {opts.kafka_leaders} brokers' if opts.kafka_leaders > 1 else ''})"
         if model.uses_kafka
         else "none"
     )

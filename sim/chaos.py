@@ -26,14 +26,18 @@ class Chaos:
         """Schedule every fault of the plan (now: the window has just opened)."""
         m = self.m
         base = m.send_start
+        shards = m.store.shards  # a Redis fault takes every shard of a cluster
         for f in m.faults.redis_outages:
-            m.store.redis.pause(base + f.start, base + f.end)
+            for shard in shards:
+                shard.pause(base + f.start, base + f.end)
         for r in m.faults.redis_restarts:
-            m.store.redis.down(base + r.start, base + r.end)
+            for shard in shards:
+                shard.down(base + r.start, base + r.end)
         # A Sentinel master kill, approximated: Redis down until the failover ends (the
         # restarted node only rejoins as a replica, which no model has).
         for k in m.faults.redis_master_kills:
-            m.store.redis.down(base + k.start, base + k.start + m.p.redis_failover)
+            for shard in shards:
+                shard.down(base + k.start, base + k.start + m.p.redis_failover)
         if m.faults.db_restarts and getattr(m, "db", None) is None:
             # The models with a database (v5) apply it themselves (`apply_faults`).
             raise ValueError(

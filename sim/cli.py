@@ -50,7 +50,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="kafka",
         help="the broker modelled: Apache Kafka (durable, the default) or Tansu (memory only)",
     )
-    p.add_argument("--brokers", type=int, default=1, help="Kafka nodes modelled (1 or 3)")
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="Kafka nodes modelled (1 or 3): what one broker's fault costs (3: a failover)",
+    )
+    p.add_argument(
+        "--kafka-leaders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Kafka brokers the partitions' leaders are spread over, each its own CPU "
+        "(kafka_record per record it leads; default 1: one broker's CPU carries everything)",
+    )
+    p.add_argument(
+        "--redis-shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Redis Cluster shards, each one single-threaded server holding the keys that "
+        "hash to it (default 1: one Redis)",
+    )
     p.add_argument(
         "--params",
         default=None,
@@ -149,6 +170,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             workers=args.workers,
             broker=args.broker,
             brokers=args.brokers,
+            kafka_leaders=args.kafka_leaders,
+            redis_shards=args.redis_shards,
             params=args.params,
             this_machine=args.this_machine,
             trace=args.trace,

@@ -71,6 +71,7 @@ class Partition(Generic[V]):
         self.broker = broker
         self.topic = topic
         self.index = index
+        self.leader = broker._next_leader()  # which of the broker's CPUs serves its records
         self.epoch = 0
         self.start_offset = 0
         self._records: list[Record[V]] = []
@@ -168,6 +169,12 @@ class Broker:
     caps the stage's throughput at 1 / the mean cost (`Params.kafka_record`).
     Without it the broker is infinitely fast (what the tests of the log rely on).
 
+    With `leaders` > 1 the cluster has that many brokers leading partitions, each its
+    own CPU (`cpus`): partitions get their leaders round robin in creation order, as
+    Kafka spreads them, and a record costs its partition leader's CPU only (followers'
+    replication fetches are not modelled). Availability is still the cluster's as a
+    whole (`fail`, `outage`: what `Params.kafka_brokers`, 1 or 3, says a fault costs).
+
     Every publish draws the same three numbers whatever happens to it, so runs
     that differ only in their faults keep all other draws in step.
     """
@@ -185,7 +192,10 @@ class Broker:
         stale_ack_window: float = 0.0,
         durable: bool = False,
         record_cost: Callable[[], float] | None = None,
+        leaders: int = 1,
     ) -> None:
+        if leaders < 1:
+            raise ValueError("a Kafka cluster needs at least one broker leading partitions")
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError("drop_prob must be between 0 and 1")
         self.env = env
@@ -197,7 +207,9 @@ class Broker:
         self.request_timeout = request_timeout
         self.stale_ack_window = 0.0 if durable else stale_ack_window
         self.durable = durable
-        self.cpu = FifoServer(name)
+        names = [name] if leaders == 1 else [f"{name}-{i}" for i in range(leaders)]
+        self.cpus = [FifoServer(n) for n in names]
+        self._leaders_given = 0
         self.record_cost = record_cost
         self.topics: dict[str, Topic[Any]] = {}
         self._down = 0  # how many outages are in force; overlapping windows nest
@@ -208,6 +220,20 @@ class Broker:
         self.timed_out = 0
         self.lost_in_outages = 0
         self._stale_until = -1.0
+
+    @property
+    def cpu(self) -> FifoServer:
+        """The first broker's CPU: the only one without `leaders`."""
+        return self.cpus[0]
+
+    @cpu.setter
+    def cpu(self, server: FifoServer) -> None:
+        self.cpus[0] = server
+
+    def _next_leader(self) -> int:
+        i = self._leaders_given % len(self.cpus)
+        self._leaders_given += 1
+        return i
 
     @property
     def up(self) -> bool:
@@ -270,7 +296,7 @@ class Broker:
             yield env.timeout(max(0.0, sent + self.request_timeout - env.now))
             return PublishResult(False, partition.index, None, UNAVAILABLE)
         if self.record_cost is not None:  # the broker's CPU handles the produce request
-            done = self.cpu.serve(env.now, self.record_cost())
+            done = self.cpus[partition.leader].serve(env.now, self.record_cost())
             if done > env.now:
                 yield env.timeout(done - env.now)
         offset: int | None = None

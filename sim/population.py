@@ -10,10 +10,16 @@ import numpy as np
 
 from sim.engine import FifoServer
 from sim.ledger import OK
-from sim.sample import LoadedServer
+from sim.sample import LoadedServer, kind_of
 from sim.stage import StageModel
 
-__all__ = ["SAMPLED_NOTE", "population_figures", "population_table"]
+__all__ = [
+    "SAMPLED_NOTE",
+    "BusyWindow",
+    "population_figures",
+    "population_table",
+    "resource_classes",
+]
 
 
 SAMPLED_NOTE = (
@@ -27,8 +33,9 @@ SAMPLED_NOTE = (
 )
 
 
-def population_figures(model: StageModel) -> dict[str, Any]:
-    """The model's own exact counts over every user (not only the traced ones)."""
+def population_figures(model: StageModel, busy: BusyWindow | None = None) -> dict[str, Any]:
+    """The model's own exact counts over every user (not only the traced ones); the
+    resource classes' utilisations over the send window when `busy` watched it."""
     led = model.ledger
     c = model.counts
     status = np.frombuffer(bytes(led.status), dtype=np.uint8)
@@ -115,8 +122,59 @@ def population_figures(model: StageModel) -> dict[str, Any]:
             }
             for name, server in model.services().items()
         },
+        "classes": resource_classes(model, busy),
+        "classes_over": "send window" if busy is not None and busy.utilisations() else "run",
         "kafka": model.kafka_figures(),
         "series": {"t0_offset_s": 0, **{k: v for k, v in c.series.items()}},
+    }
+
+
+def _servers(model: StageModel) -> list[FifoServer]:
+    return [n.cpu for n in (*model.nodes, *model.workers)] + list(model.services().values())
+
+
+class BusyWindow:
+    """The busy time of every process and service at the first and the last progress
+    call inside the send window, for utilisations over the window only (no connect
+    phase, no drain): call it from the model's progress hook."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, list[float]] | None = None
+        self.last: tuple[float, list[float]] | None = None
+
+    def __call__(self, model: StageModel) -> None:
+        now = model.env.now
+        if not model.send_start <= now <= model.send_end:
+            return
+        busy = [s.busy for s in _servers(model)]
+        if self.first is None:
+            self.first = (now, busy)
+        else:
+            self.last = (now, busy)
+
+    def utilisations(self) -> list[float] | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        (t0, b0), (t1, b1) = self.first, self.last
+        return [(b - a) / (t1 - t0) for a, b in zip(b0, b1, strict=True)]
+
+
+def resource_classes(
+    model: StageModel, window: BusyWindow | None = None
+) -> dict[str, dict[str, float | int]]:
+    """Each kind of process or service: how many, and its members' mean and highest
+    utilisation over the send window (`window`), or over the whole run without one."""
+    servers = _servers(model)
+    shares = window.utilisations() if window is not None else None
+    if shares is None:
+        now = max(model.env.now, 1e-9)
+        shares = [s.busy / now for s in servers]
+    out: dict[str, list[float]] = {}
+    for s, u in zip(servers, shares, strict=True):
+        out.setdefault(kind_of(s.name), []).append(u)
+    return {
+        k: {"n": len(v), "mean": round(sum(v) / len(v), 4), "max": round(max(v), 4)}
+        for k, v in out.items()
     }
 
 
@@ -151,5 +209,16 @@ def population_table(pop: dict[str, Any]) -> str:
             f"p99.9 {f(lat['p99_9'])}  max {f(lat['max'])}",
         ),
     ]
+    classes = pop.get("classes") or {}
+    if classes:
+        rows.append(
+            (
+                f"utilisation ({pop.get('classes_over', 'run')})",
+                "  ".join(
+                    f"{k} x{c['n']} mean {c['mean']:.0%} max {c['max']:.0%}"
+                    for k, c in classes.items()
+                ),
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

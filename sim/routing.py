@@ -113,19 +113,23 @@ class RoutingModel(StageModel):
         def record() -> None:
             self.store.routes[user.idx] = node
 
-        yield from self.redis_call(node, record)
+        yield from self.redis_call(node, record, keys=(user.name,))
 
     def logout(self, node: Node, user: User) -> Steps:
         def clear_if_mine() -> None:
             if self.store.routes.get(user.idx) is node:
                 del self.store.routes[user.idx]
 
-        yield from self.redis_call(node, clear_if_mine)
+        yield from self.redis_call(node, clear_if_mine, keys=(user.name,))
 
     def lookup(self, node: Node, members: Iterable[int]) -> Steps:
         """Each member's node as Redis has it now (MGET of the routes, or v3's group record)."""
         routes = self.store.routes
-        found = yield from self.redis_call(node, lambda: [(m, routes.get(m)) for m in members])
+        members = list(members)
+        keys = [self.users[m].name for m in members] if self.store.sharded else ()
+        found = yield from self.redis_call(
+            node, lambda: [(m, routes.get(m)) for m in members], keys=keys
+        )
         return found
 
     # ------------------------------------------------------------ delivery
@@ -151,7 +155,8 @@ class RoutingModel(StageModel):
             arrive = self.store.done + self.store.link
             self.at(arrive, partial(self._relayed, targets, msg))
 
-        yield from self.redis_call(node, publish, ops=len(targets))
+        keys = [n.name for n in targets] if self.store.sharded else ()  # the nodes' channels
+        yield from self.redis_call(node, publish, ops=len(targets), keys=keys)
 
     def _relayed(self, targets: dict[Node, list[int]], msg: Msg) -> None:
         """The envelopes reach their nodes: each decodes its own and pushes (one CPU job)."""

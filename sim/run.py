@@ -33,12 +33,20 @@ from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import PlanError
 from sim.history import History, JsonlRecorder, RunWriter
 from sim.params import CALIBRATION_DIR, Params, load_params
-from sim.population import SAMPLED_NOTE, population_figures, population_table
+from sim.population import SAMPLED_NOTE, BusyWindow, population_figures, population_table
 from sim.sample import load_population, sample_scenario
 from sim.scenario import ChurnSpec, SimScenario, build_scenario
 from sim.stage import StageModel
 
-__all__ = ["SimOptions", "SimResult", "model_class", "models", "run_sim", "trace_plan"]
+__all__ = [
+    "SimOptions",
+    "SimResult",
+    "model_class",
+    "models",
+    "refusal_warning",
+    "run_sim",
+    "trace_plan",
+]
 
 TRACE_EVENTS = 1_500_000
 """Default budget of history events: about 15 s of checker time (it reads ~120k events/s)."""
@@ -80,6 +88,8 @@ class SimOptions:
     workers: int | None = None  # the processes behind them (v4 workers)
     broker: str = "kafka"  # the broker modelled: kafka (durable) or tansu (memory only)
     brokers: int = 1  # Kafka nodes (3: one broker's fault costs a failover, no data)
+    kafka_leaders: int = 1  # Kafka brokers leading partitions, one CPU each (sim.kafka)
+    redis_shards: int = 1  # Redis Cluster shards, one single-threaded server each (sim.store)
     params: str | None = None  # parameter file (imlab calibrate); None: the stage's defaults
     this_machine: bool = False  # share this machine's cores as the calibration runs did
     outside_cpu: float = 0.0  # with it: cores' worth other processes took (a real run's twin)
@@ -179,6 +189,8 @@ class _Progress:
             f"recv {c.get('deliveries_push', 0) + c.get('deliveries_sync', 0):,} "
             f"rss {_rss_mb():,.0f}MB"
         )
+        if c.get("acked_error", 0) > c.get("acked_ok", 0):
+            line = "!! MOST SENDS FAIL " + line
         if self.tty:
             print("\r" + line.ljust(118)[:118], end="", file=self.out, flush=True)
         else:
@@ -193,6 +205,25 @@ class _Progress:
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def refusal_warning(population: dict[str, Any]) -> str:
+    """A loud line when most sends were not acked ok, naming the busiest resources: a run
+    whose every send failed is a run of an overloaded or broken topology, not a result."""
+    sends = population["sends"]
+    attempted = sends["attempted"]
+    if not attempted or sends["acked_ok"] >= 0.5 * attempted:
+        return ""
+    busiest = sorted(population["classes"].items(), key=lambda kv: kv[1]["max"], reverse=True)[:3]
+    load = ", ".join(f"{name} {c['max']:.0%}" for name, c in busiest)
+    codes = f" {sends['acked_error_by_code']}" if sends["acked_error_by_code"] else ""
+    return (
+        f"!!! ONLY {sends['acked_ok']:,} OF {attempted:,} SENDS ACKED OK "
+        f"({sends['acked_error']:,} errors{codes}, "
+        f"{sends['never_acked']:,} never acked): the run is overloaded or broken, its "
+        f"latencies mean nothing. Busiest over the run: {load} (utilisation; near or "
+        "above 100 % is saturated: add --gateways/--workers/--redis-shards/--kafka-leaders)"
+    )
 
 
 def build_model(
@@ -240,6 +271,8 @@ def build_model(
         max_drain=opts.max_drain,
         settle=opts.settle,
         spawn_rate=spawn_rate if opts.sample is not None else opts.spawn_rate,
+        redis_shards=opts.redis_shards,
+        kafka_leaders=opts.kafka_leaders,
     )
     if opts.sample is not None:
         model.population = population
@@ -312,9 +345,15 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
     )
     broker = (
         f"{opts.broker} ({'durable' if opts.broker != 'tansu' else 'memory only'}, "
-        f"{opts.brokers} node{'s' if opts.brokers > 1 else ''})"
+        f"{opts.brokers} node{'s' if opts.brokers > 1 else ''}"
+        f"{f', partitions led by {opts.kafka_leaders} brokers' if opts.kafka_leaders > 1 else ''})"
         if model.uses_kafka
         else "none"
+    )
+    redis = (
+        f"; Redis Cluster of {opts.redis_shards} shards"
+        if opts.redis_shards > 1 and model.uses_redis
+        else ""
     )
     say.say(
         f"simulating {opts.stage} / {opts.scenario}: {opts.users:,} users × {opts.rate:g}/s "
@@ -322,16 +361,22 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         f"faults {plan.spec() or 'none'}{sampled}; tracing {len(traced):,} of "
         f"{len(sc.convs):,} conversations ({len(traced_users):,} users) into {run_dir}\n"
         f"parameters: {params_from(opts)}; "
-        f"broker modelled: {broker}"
+        f"broker modelled: {broker}{redis}"
     )
     began = time.perf_counter()
     cpu_began = time.process_time()
-    model.run(progress=say)
+    window = BusyWindow()
+
+    def progress(m: StageModel) -> None:
+        window(m)
+        say(m)
+
+    model.run(progress=progress)
     sim_wall = time.perf_counter() - began
     sim_cpu = time.process_time() - cpu_began
     events = next(model.env._eid)  # SimPy's count of scheduled events (its event ids)
     drain_end = model.drain_end or model.env.now
-    population = population_figures(model)
+    population = population_figures(model, window)
     offered = sc.rate * model.population
     params_out: dict[str, Any] = {
         "users": opts.users,
@@ -348,10 +393,13 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         "offered_deliveries_per_s": offered * sc.expected_fanout(),
         "nodes": len(model.nodes),
         "workers": len(model.workers),
+        "redis_shards": opts.redis_shards,
+        "kafka_leaders": opts.kafka_leaders,
     }
     broker_info = (
         {"name": opts.broker, "modelled": True, "brokers": opts.brokers,
-         "replication": opts.brokers, "durable": opts.broker != "tansu"}
+         "replication": opts.brokers, "durable": opts.broker != "tansu",
+         "leaders": opts.kafka_leaders}
         if model.uses_kafka
         else None
     )  # fmt: skip
@@ -425,6 +473,9 @@ def run_sim(opts: SimOptions, out: TextIO | None = None) -> SimResult:
         f"peak RSS {sim_info['peak_rss_mb']:,.0f} MB",
         population_table(population),
     ]
+    refused = refusal_warning(population)
+    if refused:
+        lines.append(refused)
     if opts.check:
         t0 = time.perf_counter()
         metrics = check(run_dir)

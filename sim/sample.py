@@ -5,14 +5,26 @@ A million users cannot each be a SimPy process in minutes, but their sum is only
 arrival stream at each server. So `sample_scenario` keeps the conversations of a
 seeded random sample (closed over shared members, as `sim.run.trace_plan` does), and
 `load_population` turns every FIFO server of the model (the server or gateway event
-loops, the v3/v4 consumers, Redis) into a `LoadedServer`: before it serves a
-sampled job it serves the unsampled population's jobs that arrived since the last
-one. Each sampled job is followed by `scale - 1` copies evenly spaced over the gap
-between two sampled sends, each with the work of one of the last 64 sampled jobs
-there, so the rate and mix of requests, pushes, relays and Redis commands are the
-population's; and the sample's send phases are spread over the sample as the
-population's are over everybody, so the stream is as even as the load tool's.
-Queueing for the sample is then the population's.
+loops, the v3/v4 consumers, Redis, the broker's CPU) into a `LoadedServer`: before it
+serves a sampled job it serves the unsampled population's jobs that arrived since the
+last one, each with the work of one of the last 64 sampled jobs there, so the rate
+and mix of requests, pushes, relays and Redis commands are the population's.
+
+When does a population job arrive? A server that is the only one of its kind (v2's
+server, one Redis, one broker CPU) sees every sampled job, and the sample's send
+phases are spread over the sample as the population's are over everybody; so each
+sampled job is followed by `scale - 1` copies evenly spaced over the gap between two
+sampled sends, and the stream is as even as the load tool's. A server of a kind with
+several members (gateway-*, worker-*, redis-* shards, kafka-* leaders: `kind_of`) is
+a `KindServer`: it sees a random few of the sampled jobs, in clumps and unevenly
+(22 sampled users per gateway are ±21 % apart, where the population's hash spreads a
+million to a fraction of a percent). Copies after its own jobs would multiply both
+into bursts and hot servers the population does not have (100,000 users on 44
+gateways: the busiest at 0.75 against a mean of 0.63 with a twentieth sampled, 0.69
+with a fifth; with a kind's stream, 0.64 and 0.64 against 0.62 and 0.63). So the
+population's jobs come to it as an even stream at its kind's sampled rate per member
+(over the last second) times `scale - 1`, with the work of the kind's recent sampled
+jobs: each member gets its even share of the kind's load and mix.
 
 What the sample can see: latency distributions, acked and delivered ratios, queue
 growth and saturation of every server, the effect of faults on the sampled messages.
@@ -20,14 +32,22 @@ What it cannot: an event rarer than about one in (sampled messages) (a loss of o
 message in a million is most likely not in the sample; the sample's counts are
 scaled estimates, never exact population counts), redis-py's pool limit (the pool
 holds the sample's calls only), per-user effects of the unsampled users (their
-reconnects after a crash follow the sampled ones' only as a rate), and any burst
+reconnects after a crash follow the sampled ones' only as a rate), any burst
 shorter than the gap between two sampled sends (a copy trails its sampled job by up
-to that gap), and, near saturation (the busiest process above ~0.7), the fine
-regularity of the load tool's schedule: there the sample's p99 runs high (v2 at 0.8:
-17 ms against 8 ms). At 10,000 users and 0.05 msgs/s a tenth agrees within 5 % for v2
-and v4 (tests/unit/test_sim_sample.py); v3's push p50 comes out 10 % low.
+to that gap; a kind's stream follows its rate over the last second), an unevenness
+between the members of a kind (each gets its kind's mean), and, near saturation (the
+busiest process above ~0.7), the fine regularity of the load tool's schedule: there
+the sample's p99 runs high (v2 at 0.8: 17 ms against 8 ms). At 10,000 users and 0.05
+msgs/s a tenth agrees within 5 % for v2 and v4 (tests/unit/test_sim_sample.py); v3's push
+p50 comes out 10 % low.
 The Kafka consumers see the population's records as a rate: a fetch that finds no
-sampled record returns at once when unsampled ones came since the last fetch.
+sampled record returns at once when unsampled ones came since the last fetch; so a
+sampled record does not wait for the population's records of the same fetch (in the
+full model a worker handles a fetch's records, commits, then fetches again). That is
+the likely reason why, at 100,000 users (10,000 msgs/s; 44 gateways, 8 workers, all
+near 0.63), the sample's push p50 is 8.0-8.8 ms against 12.2 with everybody simulated,
+while its ack p50 is only 0.5 ms low (4.5 against 5.1) and its push p99 agrees (16.2-16.5
+against 17.2): push latencies of the sample are low by some milliseconds at this load.
 The checker's figures (metrics.json) are exact for the sampled conversations.
 """
 
@@ -43,9 +63,67 @@ import numpy as np
 from sim.engine import FifoServer, Refused
 from sim.scenario import SimScenario, schedule_phases
 
-__all__ = ["LoadedServer", "load_population", "sample_conversations", "sample_scenario"]
+__all__ = [
+    "Kind",
+    "KindServer",
+    "LoadedServer",
+    "kind_of",
+    "load_population",
+    "sample_conversations",
+    "sample_scenario",
+]
 
 _RECENT = 64
+_SILENCE = 8.0  # a server that saw no sampled job for this many of its mean gaps was idle
+_WINDOW = 1.0  # seconds over which a kind's sampled rate is counted
+# A kind's mix is its last 1,024 sampled jobs': a few seconds of 64 per member would carry
+# the connect phase's costly jobs seconds into the send window (gateways above 100 %).
+_KIND_RECENT = 1024
+
+
+def kind_of(name: str) -> str:
+    """The kind of a process or service from its name: gateway-3 -> gateway, redis -> redis."""
+    head, _, tail = name.rpartition("-")
+    return head if head and tail.isdigit() else name
+
+
+class Kind:
+    """The servers of one kind (`members` of them) and their sampled jobs per second over
+    the last `_WINDOW` seconds (two buckets, the older one fading out)."""
+
+    __slots__ = ("members", "now", "prev", "recent", "seen", "since", "start")
+
+    def __init__(self, members: int) -> None:
+        self.members = members
+        self.recent = np.zeros(_KIND_RECENT)  # the kind's last sampled jobs' work
+        self.seen = 0
+        self.start = 0.0  # the current bucket's start
+        self.now = 0  # sampled jobs in the current bucket
+        self.prev = -1  # in the bucket before (-1: none yet)
+        self.since = -1.0  # the first job's time
+
+    def saw(self, t: float) -> None:
+        if self.since < 0.0:
+            self.since = self.start = t
+        elif t >= self.start + _WINDOW:
+            ahead = int((t - self.start) / _WINDOW)
+            self.prev = self.now if ahead == 1 else 0
+            self.now = 0
+            self.start += ahead * _WINDOW
+        self.now += 1
+
+    def record(self, s: float) -> None:
+        self.recent[self.seen % self.recent.size] = s
+        self.seen += 1
+
+    def rate(self, t: float, copies: float) -> float:
+        """The population's unsampled jobs per second at one member, at `t`."""
+        if self.prev < 0:
+            seen = self.now / max(t - self.since, _WINDOW / 8)
+        else:
+            fade = 1.0 - min(1.0, (t - self.start) / _WINDOW)
+            seen = (self.prev * fade + self.now) / _WINDOW
+        return copies * seen / self.members
 
 
 class LoadedServer(FifoServer):
@@ -120,6 +198,54 @@ class LoadedServer(FifoServer):
         self.busy += total
 
 
+class KindServer(LoadedServer):
+    """A loaded server of a kind with several members: the population's jobs come as an
+    even stream at the kind's sampled rate per member times `scale - 1` (not after the
+    server's own sampled jobs), each with the work of one of the kind's last 1,024
+    sampled jobs (the kind's mix, not this member's few), served in arrival order
+    before each sampled job."""
+
+    __slots__ = ("_ia", "_kind", "_last", "_next")
+
+    def __init__(self, server: FifoServer, scale: float, gap: float, seed: int, kind: Kind) -> None:
+        super().__init__(server, scale, gap, seed)
+        self._kind = kind
+        self._ia = gap  # moving mean of the gap between two sampled jobs here
+        self._last = -1.0
+        self._next = 0.0  # when the population's next job arrives here
+
+    def serve(self, t: float, s: float) -> float:
+        if self._last >= 0.0:
+            self._ia += (t - self._last - self._ia) / _RECENT
+        self._last = t
+        kind = self._kind
+        kind.saw(t)
+        self._stream(t)
+        done = FifoServer.serve(self, t, s)
+        kind.record(s)
+        self._seen += 1
+        return done
+
+    def _stream(self, t: float) -> None:
+        """Serve, in arrival order, the population's jobs that arrived by `t`."""
+        rate = self._kind.rate(t, self.copies)
+        nxt = self._next
+        if not self._seen or rate <= 0.0:
+            self._next = t
+            return
+        if t - nxt > _SILENCE * self._ia:  # no sampled job here for long: nor any other
+            nxt = t - self._ia
+        if nxt > t:
+            return
+        step = 1.0 / rate
+        k = int((t - nxt) / step) + 1
+        self._next = nxt + k * step
+        self._at = nxt + step * np.arange(k, dtype=np.float64)
+        kind = self._kind
+        self._work = kind.recent[self._gen.integers(0, min(kind.seen, kind.recent.size), k)]
+        self._background(t)
+
+
 def sample_conversations(sc: SimScenario, fraction: float, seed: int) -> list[int]:
     """A seeded random `fraction` of the conversations (at least one), closed over members
     who are in several conversations."""
@@ -171,6 +297,15 @@ def load_population(
     servers: list[FifoServer], scale: float, gap: float, seed: int
 ) -> list[LoadedServer]:
     """Loaded versions of `servers` (the caller puts them where the originals were);
-    `gap` is the time between two sampled sends (1 / (sampled users x rate))."""
+    `gap` is the time between two sampled sends (1 / (sampled users x rate)). Servers
+    named alike but for a trailing -N are of one kind (gateway-0, gateway-1, ...)."""
     rng = random.Random(f"{seed}/population")
-    return [LoadedServer(s, scale, gap, rng.getrandbits(64)) for s in servers]
+    kinds = [kind_of(s.name) for s in servers]
+    count = {k: kinds.count(k) for k in set(kinds)}
+    shared = {k: Kind(n) for k, n in count.items()}
+    return [
+        KindServer(s, scale, gap, rng.getrandbits(64), shared[k])
+        if count[k] > 1
+        else LoadedServer(s, scale, gap, rng.getrandbits(64))
+        for s, k in zip(servers, kinds, strict=True)
+    ]

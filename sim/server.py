@@ -157,16 +157,24 @@ class Server:
         yield env.timeout(done - env.now)
 
     def redis_call(
-        self, node: Node, effect: Callable[[], Any], ops: int = 1, *, pipelined: bool = True
+        self,
+        node: Node,
+        effect: Callable[[], Any],
+        ops: int = 1,
+        *,
+        pipelined: bool = True,
+        keys: Sequence[str] = (),
     ) -> Steps:
         """One round trip from `node` to Redis (`Store.round_trip`); `effect` runs when
-        Redis executes it. A node has at most `redis_pool` calls out at once."""
+        Redis executes it; `keys` place it on a cluster's shards (a conversation's keys
+        share one hash tag, its id; a route's key is its user's name). A node has at
+        most `redis_pool` calls out at once."""
         if node.redis_busy >= self.p.redis_pool:
             self.counts.inc("redis_pool_exhausted")
             raise Unavailable("redis pool")
         node.redis_busy += 1
         try:
-            return (yield from self.store.round_trip(effect, ops, pipelined=pipelined))
+            return (yield from self.store.round_trip(effect, ops, pipelined=pipelined, keys=keys))
         finally:
             node.redis_busy -= 1
 
@@ -235,15 +243,20 @@ class Server:
 
     def handle_latest(self, node: Node, user: User) -> Steps:
         """`latest`: the user's conversations (SMEMBERS) and their seqs (MGET)."""
-        yield from self.redis_call(node, lambda: None)
-        seqs = yield from self.redis_call(node, lambda: [(c.index, c.seq) for c in user.convs])
+        yield from self.redis_call(node, lambda: None, keys=(user.name,))
+        keys = [c.cid for c in user.convs] if self.store.sharded else ()
+        seqs = yield from self.redis_call(
+            node, lambda: [(c.index, c.seq) for c in user.convs], keys=keys
+        )
         return seqs
 
     def handle_sync(self, node: Node, user: User, conv: Conv, after: int) -> Steps:
         """`sync`: a membership check, then one page after `after` and the latest seq."""
         limit = self.p.sync_page
-        yield from self.redis_call(node, lambda: None)
-        result = yield from self.redis_call(node, lambda: Store.page(conv, after, limit))
+        yield from self.redis_call(node, lambda: None, keys=(conv.cid,))
+        result = yield from self.redis_call(
+            node, lambda: Store.page(conv, after, limit), keys=(conv.cid,)
+        )
         cost = sum(self.d_sync_msg() for _ in range(len(result[0])))
         if cost:
             yield from self.cpu(node, cost)

@@ -57,6 +57,8 @@ class StageModel(Server):
         max_drain: float = 30.0,
         settle: float = 1.5,
         spawn_rate: float = 0.0,
+        redis_shards: int = 1,
+        kafka_leaders: int = 1,
     ) -> None:
         self.sc = scenario
         self.population = len(scenario.names)  # users in the population (a sample has fewer)
@@ -104,6 +106,7 @@ class StageModel(Server):
             timeout=params.redis_timeout,
             op=self.d_redis_op,
             pipelined_op=self.d_redis_pipelined,
+            shards=redis_shards,
         )
         n = len(self.nodes)
         self.users: list[User] = []
@@ -139,6 +142,7 @@ class StageModel(Server):
                 stale_ack_window=params.kafka_stale_window,
                 durable=params.kafka_durable,
                 record_cost=self.d_kafka_record if params.kafka_record.mean > 0 else None,
+                leaders=kafka_leaders,
             )
             self.group = ConsumerGroup(
                 self.broker, f"imlab-{self.stage}", session_timeout=params.kafka_session_timeout
@@ -243,20 +247,26 @@ class StageModel(Server):
 
     def services(self) -> dict[str, FifoServer]:
         """The backing services' servers by name, for the run's figures (Redis, the
-        Kafka broker's CPU when it has one; v5 adds PostgreSQL)."""
-        out = {"redis": self.store.redis}
+        Kafka broker's CPU when it has one; v5 adds PostgreSQL). A Redis Cluster's
+        shards and the CPUs of several Kafka partition leaders are listed one by one
+        (redis-0, redis-1, ..., kafka-0, ...)."""
+        out = {s.name: s for s in self.store.shards}
         if self.broker is not None and self.broker.record_cost is not None:
-            out["kafka"] = self.broker.cpu
+            out |= {s.name: s for s in self.broker.cpus}
         return out
 
     def replace_service(self, name: str, server: FifoServer) -> None:
         """Put `server` where the service `name` of `services()` was (`sim.sample`)."""
-        if name == "redis":
-            self.store.redis = server
-        elif name == "kafka" and self.broker is not None:
-            self.broker.cpu = server
-        else:
-            raise KeyError(name)
+        for i, s in enumerate(self.store.shards):
+            if s.name == name:
+                self.store.shards[i] = server
+                return
+        if self.broker is not None:
+            for i, s in enumerate(self.broker.cpus):
+                if s.name == name:
+                    self.broker.cpus[i] = server
+                    return
+        raise KeyError(name)
 
     def loadgens_as_nodes(self) -> list[Node]:
         out = []

@@ -27,11 +27,11 @@ class V2(StageModel):
         """`Server.members_of`: a dm's two users, or the group's members from Redis."""
         if msg.conv.gid is None:
             return msg.conv.members
-        members = yield from self.redis_call(node, lambda: msg.conv.members)
+        members = yield from self.redis_call(node, lambda: msg.conv.members, keys=(msg.conv.cid,))
         return members
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         members = yield from self.members_of(node, msg)
-        seq = yield from self.redis_call(node, lambda: self.store.append(msg))
+        seq = yield from self.redis_call(node, lambda: self.store.append(msg), keys=(msg.conv.cid,))
         yield from self.push(node, members, msg)
         return seq

@@ -38,7 +38,7 @@ class V3(RoutingModel):
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
-            yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
+            yield from self.redis_call(node, lambda: None, keys=(msg.conv.cid,))  # SISMEMBER
         published = yield from self.publish(msg)
         if not published:
             raise Unavailable("kafka")
@@ -47,7 +47,7 @@ class V3(RoutingModel):
     def process(self, node: Node, msg: Msg) -> Steps:
         """`Server.process`: store with the next seq, look the members' servers up, deliver."""
         duplicate = msg.seq is not None
-        yield from self.redis_call(node, lambda: self.store.append(msg))
+        yield from self.redis_call(node, lambda: self.store.append(msg), keys=(msg.conv.cid,))
         if duplicate:
             self.counts.inc("kafka_duplicates")
             return

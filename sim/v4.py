@@ -41,8 +41,8 @@ class V4(RoutingModel):
 
     def handle_send(self, node: Node, *, user: User, msg: Msg) -> Steps:
         if msg.conv.gid is not None:
-            yield from self.redis_call(node, lambda: None)  # check_member: SISMEMBER
-        seq = yield from self.redis_call(node, lambda: self.store.append(msg))
+            yield from self.redis_call(node, lambda: None, keys=(msg.conv.cid,))  # SISMEMBER
+        seq = yield from self.redis_call(node, lambda: self.store.append(msg), keys=(msg.conv.cid,))
         published = yield from self.publish(msg)
         if not published:
             raise Unavailable("kafka")  # stored with a seq, never pushed (seed problem 3)
@@ -51,6 +51,6 @@ class V4(RoutingModel):
     def process(self, node: Node, msg: Msg) -> Steps:
         """`Worker.process`: members (a group), their gateways, one envelope per gateway."""
         if msg.conv.gid is not None:
-            yield from self.redis_call(node, lambda: None)  # group_members: SMEMBERS
+            yield from self.redis_call(node, lambda: None, keys=(msg.conv.cid,))  # SMEMBERS
         found = yield from self.lookup(node, msg.conv.members)
         yield from self.deliver(node, found, msg, local=False)

@@ -151,7 +151,8 @@ class V5(RoutingModel):
         refresh writes any lost ones again). Giving the same moment twice applies it once."""
         if at not in self._failovers:
             self._failovers.add(at)
-            self.store.redis.down(at, at + self.p.redis_failover)
+            for shard in self.store.shards:
+                shard.down(at, at + self.p.redis_failover)
 
     def services(self) -> dict[str, FifoServer]:
         return {**super().services(), "postgres": self.db.postgres}
@@ -326,7 +327,8 @@ class V5(RoutingModel):
                         routes[u] = node
 
             try:
-                yield from self.redis_call(node, write, ops=len(users), pipelined=False)
+                keys = [self.users[u].name for u in users] if self.store.sharded else ()
+                yield from self.redis_call(node, write, ops=len(users), pipelined=False, keys=keys)
             except Unavailable:
                 self.counts.inc("loop_errors_routes")
 

@@ -86,7 +86,7 @@ def _model(spec: str) -> Any:
     return SimpleNamespace(
         send_start=100.0,
         faults=parse_faults(spec),
-        store=SimpleNamespace(redis=_Server()),
+        store=SimpleNamespace(redis=(s := _Server()), shards=[s]),
         broker=None,
         p=Params(),
     )

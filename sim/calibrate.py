@@ -5,7 +5,8 @@ scenario, load and topology, the send window, the CPU every process used during 
 sampled by the load tool, with the processes' names) and the clients' histories (send
 lag, ack and push latencies). Then:
 
-- `client_send_lag`: mean and cv of `t - intended` over all sends;
+- `client_send_lag`: mean and cv of `t - intended` over the sends of the lowest load
+  (above it the modelled Locust processes do their own queueing);
 - per kind of process (`front`: servers or gateways; `worker`; `redis`; `kafka`: the
   broker; `postgres`; `loadgen`: Locust), one factor on its costs: each run's twin is
   simulated with the current costs, and the real CPU of the kind is fitted against the
@@ -350,9 +351,10 @@ def calibrate(
     runs = [read_run(d) for d in run_dirs]
     if not runs:
         raise CalibrationError("no run folders given")
-    n_sends = sum(r.sends for r in runs)
-    lag_mean = sum(r.lag_mean * r.sends for r in runs) / n_sends
-    lag_cv = sum(r.lag_cv * r.sends for r in runs) / n_sends
+    # The send lag of the lowest load: above it the modelled Locust processes queue the
+    # sends themselves, and a lag fitted there would count that queueing twice.
+    low = min(runs, key=lambda r: r.users * r.rate)
+    lag_mean, lag_cv = low.lag_mean, low.lag_cv
     stages_seen = sorted({r.stage for r in runs})
     if len(stages_seen) > 1:
         raise CalibrationError(

@@ -32,8 +32,10 @@ else:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.pipeline_cpu import cpu_per_message  # noqa: E402
+from imlab import fastjson  # noqa: E402
 from imlab.cluster import machine_info  # noqa: E402
 from imlab.hotpaths import Profile, flame_svg, parse_raw  # noqa: E402
+from imlab.server import DEFAULT_LOOP  # noqa: E402
 from imlab.services import install_signal_handlers  # noqa: E402
 from loadtest.runner import Hooks, LoadOptions, run_load  # noqa: E402
 
@@ -154,7 +156,10 @@ def main() -> int:
     if len(rates) != len(stages):
         raise SystemExit("--rates needs one rate per stage")
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="imlab-profile-"))
-    codec = {k: os.environ.get(k, "(default)") for k in ("IMLAB_JSON", "IMLAB_LOOP")}
+    codec = {
+        "IMLAB_JSON": os.environ.get("IMLAB_JSON", fastjson.DEFAULT),
+        "IMLAB_LOOP": os.environ.get("IMLAB_LOOP", DEFAULT_LOOP),
+    }
     out: dict[str, Any] = {
         "machine": machine_info(),
         "seconds": args.seconds,

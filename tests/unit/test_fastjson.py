@@ -1,5 +1,5 @@
-"""The orjson shim decodes every payload to what engine.io's std module decodes it to,
-and what it encodes decodes back to the value, including what orjson cannot do alone."""
+"""The orjson shim: what it encodes decodes (with engine.io's std module, as the clients
+and the server do) to the value encoded, including what orjson cannot encode alone."""
 
 from __future__ import annotations
 
@@ -42,35 +42,13 @@ def test_protocol_payloads_round_trip_as_with_std_json(payload: Any) -> None:
     assert fastjson.loads(fastjson.dumps(payload)) == payload
 
 
-def test_big_integers_stay_exact_and_the_100_digit_limit_holds() -> None:
-    assert fastjson.loads('{"n": 123456789012345678901234567890}') == {
-        "n": 123456789012345678901234567890
-    }
-    assert fastjson.loads("[18446744073709551616]") == [2**64]
-    with pytest.raises(ValueError):
-        fastjson.loads("1" * 101)
+def test_decoding_is_engineio_s_own() -> None:
+    assert fastjson.loads is std_json.loads
 
 
-@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '"\\ud800"', "[1e400]", '{"a": -Infinity}'])
-def test_what_orjson_refuses_is_read_by_the_std_module(text: str) -> None:
-    got, want = fastjson.loads(text), std_json.loads(text)
-    assert json.dumps(got) == json.dumps(want)
-
-
-@pytest.mark.parametrize("text", ["", "{", "[1,]", "{'a': 1}", '"\x01"', "[1] x"])
-def test_bad_json_raises_value_error_as_before(text: str) -> None:
-    with pytest.raises(ValueError):
-        std_json.loads(text)
-    with pytest.raises(ValueError):
-        fastjson.loads(text)
-
-
-def test_deep_nesting_is_refused_as_before() -> None:
-    deep = "[" * 100_000 + "]" * 100_000
-    with pytest.raises(RecursionError):
-        std_json.loads(deep)
-    with pytest.raises(RecursionError):
-        fastjson.loads(deep)
+@pytest.mark.parametrize("value", [2**64, -(10**40), {"n": [2**63, -(2**63) - 1]}])
+def test_integers_beyond_64_bits_encode_exactly(value: Any) -> None:
+    assert json.loads(fastjson.dumps(value)) == value
 
 
 def test_what_orjson_cannot_encode_goes_through_the_std_module() -> None:
@@ -116,13 +94,5 @@ json_values = st.recursive(
 
 
 @given(json_values)
-def test_any_json_value_decodes_as_with_std_json(value: Any) -> None:
-    text = json.dumps(value)
-    try:
-        want = std_json.loads(text)
-    except ValueError:  # an integer over 100 digits
-        with pytest.raises(ValueError):
-            fastjson.loads(text)
-        return
-    assert fastjson.loads(text) == want
-    assert std_json.loads(fastjson.dumps(value)) == value
+def test_any_json_value_encodes_to_what_std_json_reads_back(value: Any) -> None:
+    assert json.loads(fastjson.dumps(value)) == value == json.loads(json.dumps(value))

@@ -390,7 +390,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 SHUTDOWN_TIMEOUT = 1.0
 
 
-DEFAULT_LOOP = "asyncio"  # what IMLAB_LOOP is when unset
+# What IMLAB_LOOP is when unset: uvloop gave no consistent gain (docs/RESULTS.md, "Hot
+# paths") and comes with the dev extra only, for measuring it again.
+DEFAULT_LOOP = "asyncio"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

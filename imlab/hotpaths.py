@@ -105,8 +105,8 @@ _COLOURS = {
     "json": "#e8a33d",
     "socketio": "#d9603b",
     "logging": "#9b59b6",
-    "metrics": "#c0392b",
-    "redis": "#e74c3c",
+    "metrics": "#f1948a",
+    "redis": "#a93226",
     "kafka": "#16a085",
     "aiohttp": "#2980b9",
     "asyncio": "#7f8c8d",
@@ -157,10 +157,10 @@ def flame_svg(stacks: Iterable[tuple[list[str], int]], title: str, width: int = 
     if root.count:
         draw(root, 0.0, 0)
     body = "\n".join(rects)
-    legend = "  ".join(_COLOURS)
+    legend = " ".join(f'<tspan fill="{c}">{g}</tspan>' for g, c in _COLOURS.items())
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="monospace" font-size="11">\n'
         f'<text x="4" y="14">{html.escape(title)}: {root.count} samples '
-        f"(colours: {legend})</text>\n{body}\n</svg>\n"
+        f"({legend})</text>\n{body}\n</svg>\n"
     )

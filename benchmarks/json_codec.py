@@ -1,8 +1,8 @@
 """What the JSON module costs per Socket.IO packet, in-process and without the network:
 encoding and decoding the packets one v1 direct message makes (the `send` event, its ack,
 the `message` push) through the stages' packet class, with the std module engine.io
-uses and with `imlab.fastjson` (orjson). Far below what a load run can resolve, so it is
-timed here on its own.
+uses and with `imlab.fastjson` (orjson); and `Message.to_dict` against
+`dataclasses.asdict`. Far below what a load run can resolve, so timed here on their own.
 
     .venv/bin/python benchmarks/json_codec.py [--repeat 20000]
 """
@@ -10,6 +10,7 @@ timed here on its own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import timeit
@@ -69,6 +70,15 @@ def per_message_us(module: ModuleType, repeat: int) -> dict[str, float]:
         del GuardedPacket.json
 
 
+def to_dict_us(repeat: int) -> dict[str, float]:
+    """µs per call, best of 5 rounds of `repeat`, of one message's dict both ways."""
+    msg = p.Message("dm:a:b", "1764640000123-0", 17, "b", "x" * 32, 1.5, 2.5, "c-000123")
+    return {
+        name: round(min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat * 1e6, 2)
+        for name, fn in (("asdict", lambda: dataclasses.asdict(msg)), ("to_dict", msg.to_dict))
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=20000)
@@ -80,6 +90,9 @@ def main() -> int:
         f = per_message_us(module, args.repeat)
         print(f"  {name:12} encode {f['encode']:6.2f}  decode {f['decode']:6.2f}"
               f"  (medians {f['encode_median']:.2f} / {f['decode_median']:.2f})")  # fmt: skip
+    d = to_dict_us(args.repeat * 5)
+    print(f"Message as a dict: dataclasses.asdict {d['asdict']:.2f} µs, "
+          f"Message.to_dict {d['to_dict']:.2f} µs")  # fmt: skip
     return 0
 
 

@@ -390,9 +390,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 SHUTDOWN_TIMEOUT = 1.0
 
 
-# What IMLAB_LOOP is when unset: uvloop gave no consistent gain (docs/RESULTS.md, "Hot
-# paths") and comes with the dev extra only, for measuring it again.
-DEFAULT_LOOP = "asyncio"
+DEFAULT_LOOP = "uvloop"  # what IMLAB_LOOP is when unset (docs/RESULTS.md, "Hot paths")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -25,6 +25,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from imlab import protocol as p
+from imlab.fastjson import codec
 from imlab.metrics import Metrics
 from imlab.protocol import ErrorCode, ProtocolError
 from imlab.ratelog import LimitedLog
@@ -74,6 +75,7 @@ class StageServer:
             logger=False,
             engineio_logger=False,
             max_http_buffer_size=256 * 1024,
+            json=codec(),
         )
         self.app = web.Application()
         self.sio.attach(self.app)
@@ -388,6 +390,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 SHUTDOWN_TIMEOUT = 1.0
 
 
+DEFAULT_LOOP = "uvloop"  # what IMLAB_LOOP is when unset (docs/RESULTS.md, "Hot paths")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's or asyncio's own loop, as `IMLAB_LOOP` says (uvloop|asyncio)."""
+    choice = os.environ.get("IMLAB_LOOP", DEFAULT_LOOP)
+    if choice == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if choice != "asyncio":
+        raise ValueError(f"IMLAB_LOOP must be uvloop or asyncio, not {choice!r}")
+    return asyncio.new_event_loop()
+
+
 def run_app(app: web.Application, host: str, port: int, log_level: str) -> None:
     """Serve until SIGINT/SIGTERM; cleanup hooks close backing-service connections."""
     logging.basicConfig(
@@ -402,6 +419,7 @@ def run_app(app: web.Application, host: str, port: int, log_level: str) -> None:
         handle_signals=True,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        loop=new_event_loop(),
     )
 
 

@@ -3,6 +3,7 @@ in-order delivery (Inbox) and its catch-up steps."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 import pytest
@@ -153,3 +154,9 @@ def test_reserved_and_non_string_event_names_are_refused() -> None:
     for event in ("connect", "disconnect", "connect_error", 5, None, ["x"]):
         with pytest.raises(p.ProtocolError):
             p.check_event_name(event)
+
+
+def test_message_to_dict_is_asdict_field_for_field() -> None:
+    m = msg("dm:alice:bob", None, "héllo")
+    assert m.to_dict() == asdict(m)
+    assert list(m.to_dict()) == [f.name for f in fields(p.Message)]

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -41,10 +42,60 @@ class ServiceError(RuntimeError):
     """A service could not be started (the message carries its log tail)."""
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+_port_rng = random.Random()
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def listening_ranges(ephemeral: tuple[int, int]) -> list[tuple[int, int]]:
+    """Port ranges no outgoing connection is given: below and above `ephemeral`."""
+    low, high = ephemeral
+    ranges = []
+    if low - 1 >= 10000:
+        ranges.append((10000, low - 1))
+    if high + 1 <= 65000:
+        ranges.append((high + 1, 65000))
+    return ranges
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free to listen on, outside the kernel's ephemeral range.
+
+    A port from `bind(0)` lies in the ephemeral range, so between choosing it and
+    the service binding it any outgoing connection (a Kafka client, Locust) may be
+    given it as its local port: "Address already in use". Ports outside that range
+    are never handed to outgoing connections; this process also never hands out the
+    same port twice, and the random choice keeps parallel processes apart.
+    """
+    ranges = listening_ranges(ephemeral_range())
+    with _port_lock:
+        for _ in range(200 if ranges else 0):
+            low, high = _port_rng.choice(ranges)
+            port = _port_rng.randint(low, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            if len(_handed_out) > 4000:  # long bound by their services; start afresh
+                _handed_out.clear()
+            _handed_out.add(port)
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
 
 
 _live: set[Service] = set()

@@ -40,6 +40,7 @@ class CapacityOptions:
     users: int = 200
     group_size: int = 8
     processes: int = 0
+    generator: str = "locust"  # or "node" (loadtest/nodegen.py)
     max_drain: float = 15.0
     refine: int = 0  # levels added between the knee and the first failing level
     parent: Path | None = None
@@ -90,6 +91,7 @@ def run_capacity(opts: CapacityOptions, out: TextIO | None = None) -> dict[str, 
                 duration=opts.level_seconds,
                 group_size=opts.group_size,
                 processes=opts.processes,
+                generator=opts.generator,
                 max_drain=opts.max_drain,
                 run_dir=parent / f"L{n}-{rate:g}",
                 cluster=opts.cluster,
@@ -127,6 +129,7 @@ def _summary(opts: CapacityOptions, levels: list[Level], knee: Knee) -> dict[str
         "stage": opts.stage,
         "scenario": opts.scenario,
         "users": opts.users,
+        "generator": opts.generator,
         "level_seconds": opts.level_seconds,
         "threshold_ms": opts.threshold_ms,
         "ladder": {"start": opts.start, "factor": opts.factor, "max": opts.max_rate},
@@ -262,6 +265,7 @@ def markdown_all(record: dict[str, Any]) -> str:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from imlab.cluster import add_cluster_args
     from imlab.stages import names
+    from loadtest.cli import add_generator_arg
 
     p = sub.add_parser(
         "capacity",
@@ -294,7 +298,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="after the ladder, this many levels bisecting (geometrically) between the knee "
         "and the first failing rate: 2 pins the knee within 19 %% on a doubling ladder",
     )
-    p.add_argument("--processes", type=int, default=0, help="Locust processes (0: one a core)")
+    p.add_argument("--processes", type=int, default=0, help="generator processes (0: one a core)")
+    add_generator_arg(p)
     p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
     p.add_argument(
         "--out",
@@ -332,6 +337,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             level_seconds=args.level_seconds,
             users=args.users,
             processes=args.processes,
+            generator=args.generator,
             refine=args.refine,
             parent=parent,
             cluster=spec_from_args(stage, args),

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--stage", required=True, choices=names())
     add_scenario_args(p)
     p.add_argument(
-        "--processes", type=int, default=0, help="Locust worker processes (default: one per core)"
+        "--processes", type=int, default=0, help="generator processes (default: one per core)"
     )
+    add_generator_arg(p)
     p.add_argument(
         "--step-users",
         type=int,
@@ -51,6 +52,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_cluster_args(p)
     p.set_defaults(func=cmd_load)
+
+
+def add_generator_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--generator",
+        default="locust",
+        choices=["locust", "node"],
+        help="who plays the users: Locust (every scenario) or Node.js and the official "
+        "Socket.IO client (steady dm and group schedules, for rates Locust cannot offer)",
+    )
 
 
 def add_scenario_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +121,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             stage=args.stage,
             **scenario_options(args),
             processes=args.processes,
+            generator=args.generator,
             step_users=args.step_users,
             step_every=args.step_every,
             run_dir=Path(args.run_dir) if args.run_dir else None,

@@ -192,8 +192,9 @@ def generator_verdict(
     lag: dict[str, Any],
     status: dict[str, Any] | None = None,
     planned: int | None = None,
+    tool: str = "Locust",
 ) -> dict[str, Any]:
-    """Was the load generator, not the stage, the limit of this run?"""
+    """Was the load generator (`tool`'s processes), not the stage, the limit of this run?"""
     gen = cpu.get("load_generator") or {}
     busiest = float(gen.get("busiest_process_pct_mean", 0.0))
     machine = float((cpu.get("machine_pct") or {}).get("mean", 0.0))
@@ -205,7 +206,7 @@ def generator_verdict(
     reasons: list[str] = []
     if busiest >= GENERATOR_BUSY_PCT:
         reasons.append(
-            f"a Locust process averaged {busiest:.0f}% of a core (one core is its ceiling)"
+            f"a {tool} process averaged {busiest:.0f}% of a core (one core is its ceiling)"
         )
     if behind and busiest >= 0.75 * GENERATOR_BUSY_PCT:
         reasons.append(
@@ -221,19 +222,19 @@ def generator_verdict(
         reasons.append(
             f"half the sends went out over {p50_lag * 1000:.0f} ms behind schedule while no "
             f"stage process was busy (busiest {float(stage_busiest):.0f}% of a core) and the "
-            f"Locust processes used {busiest:.0f}% of a core each on shared cores: "
+            f"{tool} processes used {busiest:.0f}% of a core each on shared cores: "
             "the generator could not keep its schedule"
         )
     st = status or {}
     if st.get("stopped_early") or st.get("surplus"):
         reasons.append(
-            f"Locust stopped {st.get('stopped_early', 0)} users mid-run and started "
+            f"{tool} stopped {st.get('stopped_early', 0)} users mid-run and started "
             f"{st.get('surplus', 0)} beyond the plan: what those users missed is the "
             "generator's doing, not the stage's"
         )
     if planned is not None and st.get("started", 0) < planned:
         reasons.append(
-            f"Locust started only {st.get('started', 0)} of the {planned} planned users: "
+            f"{tool} started only {st.get('started', 0)} of the {planned} planned users: "
             "what the others would have received counts as lost"
         )
     notes: list[str] = []

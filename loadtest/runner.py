@@ -29,7 +29,7 @@ from imlab.experiment.faults import RUN_LONG, FaultPlan, parse_faults
 from imlab.experiment.runfolder import new_run_dir
 from imlab.experiment.scenarios import ChurnSpec, PlanError, check_scenario, user_names
 from imlab.services import LOOPBACK, free_port
-from loadtest import protocol
+from loadtest import nodegen, protocol
 from loadtest.external import ExternalStage
 from loadtest.locustproc import LOCUSTFILE, REPO_ROOT, LocustProcess
 from loadtest.monitor import (
@@ -39,9 +39,12 @@ from loadtest.monitor import (
     schedule_lag,
     total_status,
 )
+from loadtest.nodegen import NodeGenerator
 from loadtest.plan import LoadPlan, StepShape
 from loadtest.prepare import LoadRunError, prepare
 from loadtest.progress import Progress, status_line, verdict_lines
+
+GENERATORS = {"locust": "Locust", "node": "Node"}  # --generator: the name reports use
 
 __all__ = ["Hooks", "LoadOptions", "LoadResult", "LoadRun", "LoadRunError", "run_load"]
 
@@ -77,6 +80,9 @@ class LoadOptions:
     # speaking `stage`'s protocol; `external_pids` are its processes, for the CPU figures.
     urls: list[str] = field(default_factory=list)
     external_pids: list[int] = field(default_factory=list)
+    # "locust" plays every scenario; "node" (loadtest/nodegen.py) plays steady dm and
+    # group schedules at rates a Locust process per core cannot offer.
+    generator: str = "locust"
 
 
 @dataclass
@@ -188,7 +194,11 @@ class LoadRun:
         self.plan: LoadPlan | None = None
         self.plan_env: dict[str, str] = {}
         self.features: set[str] = set()
-        self.locust: LocustProcess | None = None
+        if opts.generator not in GENERATORS:
+            known = ", ".join(GENERATORS)
+            raise PlanError(f"unknown generator {opts.generator!r} (one of {known})")
+        self.tool = GENERATORS[opts.generator]
+        self.locust: LocustProcess | NodeGenerator | None = None
         self.locust_code: int | None = None
         self.argv: list[str] = []
         self.sampler: CpuSampler | None = None
@@ -203,7 +213,10 @@ class LoadRun:
     def execute(self) -> LoadResult:
         try:
             self._start_stage()
-            self._start_locust()
+            if self.opts.generator == "node":
+                self._start_node()
+            else:
+                self._start_locust()
             self._await_users()
             if self.hooks.ready is not None:
                 self.hooks.ready()
@@ -255,11 +268,29 @@ class LoadRun:
             "--master-bind-host", LOOPBACK, "--master-bind-port", str(master_port),
             "--master-host", LOOPBACK, "--master-port", str(master_port),
         ]  # fmt: skip
-        self.locust = LocustProcess(self.argv, env, self.cluster.logs / "locust.log")
-        locust, cluster = self.locust, self.cluster
+        self.locust = locust = LocustProcess(self.argv, env, self.cluster.logs / "locust.log")
+        self._sample(lambda: process_tree(locust.pid))
+
+    def _start_node(self) -> None:
+        assert self.plan is not None
+        try:
+            modules = nodegen.install_client()
+        except nodegen.NodeGenError as exc:
+            raise LoadRunError(str(exc)) from exc
+        try:
+            parts = nodegen.write_parts(self.plan, self.loadgen, self.spec.secret, self.spawn_rate)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from exc
+        log = self.cluster.logs / "nodegen.log"
+        gen = nodegen.NodeGenerator(parts, self.processes, modules, log)
+        self.locust, self.argv = gen, gen.argv
+        self._sample(gen.pids)
+
+    def _sample(self, generator_pids: Callable[[], list[int]]) -> None:
+        cluster = self.cluster
         self.sampler = CpuSampler(
             {
-                "load_generator": lambda: process_tree(locust.pid),
+                "load_generator": generator_pids,
                 "stage": lambda: [pid for s in cluster.services() for pid in process_tree(s.pid)],
                 "runner": lambda: [os.getpid()],
             }
@@ -270,7 +301,7 @@ class LoadRun:
         opts = self.opts
         first = self.plan.shape.step if self.plan and self.plan.shape else opts.users
         self.say.say(
-            f"locust: {self.processes} worker process(es), {opts.users} users; connecting ..."
+            f"{self.tool}: {self.processes} process(es), {opts.users} users; connecting ..."
         )
         deadline = time.time() + self._connect_budget()
         while True:
@@ -376,7 +407,7 @@ class LoadRun:
         self.status = total_status(protocol.read_status(self.loadgen))
         lag = schedule_lag(sorted(self.run_dir.glob("history*.jsonl")))
         cpu = self.sampler.summary(self.send_start, self.send_end)
-        verdict = generator_verdict(cpu, lag, self.status, planned=self.opts.users)
+        verdict = generator_verdict(cpu, lag, self.status, planned=self.opts.users, tool=self.tool)
         manifest = self._manifest(cpu, lag, verdict)
         (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
         metrics = check(self.run_dir)
@@ -431,7 +462,8 @@ class LoadRun:
                 k: v for k, v in self.cluster.manifest().items() if k not in ("machine", "versions")
             },
             "load_generator": {
-                "tool": "locust",
+                "tool": self.opts.generator,
+                "client": nodegen.client_version() if self.opts.generator == "node" else None,
                 "processes": self.processes,
                 "exit_code": self.locust_code,
                 "command": self.argv,
@@ -468,10 +500,16 @@ class LoadRun:
             raise LoadRunError("the run was cancelled")
         if self.locust is not None and not self.locust.running():
             raise LoadRunError(
-                f"Locust exited early (code {self.locust.proc.returncode}); "
+                f"{self.tool} exited early (exit codes {self._exit_codes()}); "
                 f"log {self.locust.log_path}:\n{self.locust.log_tail()}"
             )
         return self.status
+
+    def _exit_codes(self) -> list[int | None]:
+        gen = self.locust
+        if isinstance(gen, NodeGenerator):
+            return gen.exit_codes()
+        return [gen.proc.poll()] if gen is not None else []
 
     def _gen_cpu(self) -> str:
         if self.sampler is None or not self.sampler.samples:

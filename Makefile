@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint fmt clean kafka
+.PHONY: demo test test-fast lint fmt clean kafka nodegen
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 kafka: $(STAMP)
 	$(BIN)/python -m imlab.kafka_dist fetch
 
+# The Node.js load generator's Socket.IO client, fetched once by npm into .cache/nodegen.
+nodegen: $(STAMP)
+	$(BIN)/python -m loadtest.nodegen
+
 demo: $(STAMP) kafka
 	$(BIN)/imlab compare --quick
 
-test: $(STAMP) kafka
+test: $(STAMP) kafka nodegen
 	$(BIN)/pytest -q --durations=15
 
 # the unit tests alone (tests/unit: no process started), in seconds

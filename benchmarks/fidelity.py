@@ -318,7 +318,13 @@ def main() -> int:
         run_capacity_all(
             stages,
             lambda st, parent: CapacityOptions(
-                stage=st, scenario="dm", start=100.0, users=200, refine=2, parent=parent
+                stage=st,
+                scenario="dm",
+                start=100.0,
+                users=200,
+                refine=2,
+                parent=parent,
+                generator="locust",  # the calibrations' loadgen kind models Locust
             ),
             ladders,
         )

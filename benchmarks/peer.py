@@ -1,10 +1,12 @@
 """v1 against a peer a user might pick instead: a plain Node.js Socket.IO relay with v1's
 semantics (benchmarks/node_peer/server.js), loaded by the same imlab open-loop
-generator (`imlab load`'s runner, Locust, the same plan and checker) in one sitting,
-the two interleaved at each rate. Issue #13, item 2.
+generator (`imlab load`'s runner, the same plan and checker; by default the Node.js
+generator, `--generator locust` for Locust) in one sitting, the two interleaved at each
+rate; each one's knee by `imlab capacity`'s finder. Issue #13, item 2.
 
     .venv/bin/python benchmarks/peer.py                      # 500 and 1,000 sends/s, 8 s each
     .venv/bin/python benchmarks/peer.py --rates 2.5,5,10 --users 200 --duration 8
+    .venv/bin/python benchmarks/peer.py --rates 4,8,16,32,64 # the knees, 800-12,800/s
 
 Needs `node` and `npm` on PATH; the first run installs npm's `socket.io` into
 `.cache/node-peer/` (`npm install --prefix`). The Node relay runs on a free loopback
@@ -32,6 +34,7 @@ from imlab.cluster import machine_info
 from imlab.kafka_dist import cache_dir
 from imlab.services import LOOPBACK, free_port, install_signal_handlers
 from loadtest.runner import LoadOptions, run_load
+from reports.knee import Knee, Level, find_knee
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_DIR = ROOT / "benchmarks" / "node_peer"
@@ -105,9 +108,16 @@ class NodePeer:
 
 
 def one_run(
-    target: str, peer: NodePeer | None, users: int, rate: float, duration: float, root: Path
+    target: str,
+    peer: NodePeer | None,
+    users: int,
+    rate: float,
+    duration: float,
+    root: Path,
+    generator: str = "node",
 ) -> dict[str, Any]:
     opts = LoadOptions(
+        generator=generator,
         stage="v1",
         scenario="dm",
         users=users,
@@ -139,6 +149,16 @@ def one_run(
     }
 
 
+def knee_of(rows: list[dict[str, Any]], target: str) -> Knee:
+    """The knee of one server's rows, by the finder `imlab capacity` uses."""
+    levels = [
+        Level(r["offered"], r["p99"], r["lost"], bool(r["generator_limited"]), r["accepted"])
+        for r in rows
+        if r["target"] == target
+    ]
+    return find_knee(levels)
+
+
 def _n(x: Any, digits: int = 0) -> str:
     return "-" if x is None else f"{float(x):,.{digits}f}"
 
@@ -146,7 +166,7 @@ def _n(x: Any, digits: int = 0) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| server | offered sends/s | accepted sends/s | push p50 ms | push p99 ms | lost "
-        "| server CPU % | busiest Locust process % | others CPU % | generator the limit? |",
+        "| server CPU % | busiest generator process % | others CPU % | generator the limit? |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
@@ -165,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="2.5,5", help="sends/s per user, comma-separated")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of sending per run")
     ap.add_argument("--out", default=None, help="folder for the run folders")
+    ap.add_argument(
+        "--generator",
+        default="node",
+        choices=["node", "locust"],
+        help="who plays the users (default node: Locust cannot offer the peer's rates)",
+    )
     args = ap.parse_args(argv)
     install_signal_handlers()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -178,19 +204,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         versions = peer.version()
         for rate in rates:  # interleaved, so drift of the shared machine hits both alike
-            rows.append(one_run("Node.js relay", peer, args.users, rate, args.duration, root))
-            rows.append(one_run("imlab v1", None, args.users, rate, args.duration, root))
+            for target, server in (("Node.js relay", peer), ("imlab v1", None)):
+                rows.append(
+                    one_run(target, server, args.users, rate, args.duration, root, args.generator)
+                )
     finally:
         peer.stop()
     mach = machine_info()
-    text = table(rows)
+    knees = {target: knee_of(rows, target) for target in ("Node.js relay", "imlab v1")}
+    text = table(rows) + "\n\n" + "\n".join(f"- {t}: {k.sentence()}" for t, k in knees.items())
+    peer_knee, v1_knee = knees["Node.js relay"].knee, knees["imlab v1"].knee
+    if peer_knee and v1_knee:
+        text += f"\n- v1's knee / the peer's: {v1_knee / peer_knee:.2f} (issue #13 asks >= 0.6)"
     print(text)
     print(
         f"\n{args.users} users in 1:1 pairs, {args.duration:g} s per run, one sitting of "
         f"{time.time() - started:.0f} s, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; peer: {versions}"
     )
     print(f"machine: {json.dumps(mach)}")
-    record = {"rows": rows, "machine": mach, "peer": versions, "args": vars(args)}
+    record = {
+        "rows": rows,
+        "knees": {t: k.to_dict() for t, k in knees.items()},
+        "machine": mach,
+        "peer": versions,
+        "args": vars(args),
+    }
     (root / "peer.json").write_text(json.dumps(record, indent=1))
     print(f"run folders: {root}")
     return 0

@@ -54,13 +54,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_load)
 
 
-def add_generator_arg(p: argparse.ArgumentParser) -> None:
+def add_generator_arg(p: argparse.ArgumentParser, default: str = "locust") -> None:
     p.add_argument(
         "--generator",
-        default="locust",
+        default=default,
         choices=["locust", "node"],
         help="who plays the users: Locust (every scenario) or Node.js and the official "
-        "Socket.IO client (steady dm and group schedules, for rates Locust cannot offer)",
+        "Socket.IO client (steady dm and group schedules, for rates Locust cannot offer; "
+        f"loadtest/nodegen.py); default {default}",
     )
 
 

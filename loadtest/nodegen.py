@@ -167,3 +167,7 @@ class NodeGenerator:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+if __name__ == "__main__":  # `python -m loadtest.nodegen`: install the client (make test does)
+    print(f"socket.io-client for the Node generator: {install_client()}")

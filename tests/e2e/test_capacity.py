@@ -31,10 +31,12 @@ def test_several_stages_run_one_after_another_into_one_report(tmp_path: Path) ->
         parent = out_dir / e["stage"]
         summary_of = json.loads((parent / "capacity.json").read_text())
         assert [lv["offered"] for lv in summary_of["levels"]] == [40.0, 80.0]
+        assert summary_of["generator"] == "node"
         for lv in summary_of["levels"]:
             run = Path(lv["run_dir"])
             assert run.parent == parent and (run / "metrics.json").exists()
-            assert (run / "manifest.json").exists()
+            manifest = json.loads((run / "manifest.json").read_text())
+            assert manifest["load_generator"]["tool"] == "node"  # capacity's default
         knee = summary_of["knee"]
         assert knee["status"] in ("no knee within range", "knee", "below range", "generator-bound")
         assert knee["sentence"] in printed

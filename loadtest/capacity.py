@@ -300,7 +300,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="after the ladder, this many levels bisecting (geometrically) between the knee "
         "and the first failing rate: 2 pins the knee within 19 %% on a doubling ladder",
     )
-    p.add_argument("--processes", type=int, default=0, help="generator processes (0: one a core)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="generator processes (0: Locust one a core, Node one)",
+    )
     add_generator_arg(p, default="node")
     p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
     p.add_argument(

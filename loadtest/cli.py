@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--stage", required=True, choices=names())
     add_scenario_args(p)
     p.add_argument(
-        "--processes", type=int, default=0, help="generator processes (default: one per core)"
+        "--processes",
+        type=int,
+        default=0,
+        help="generator processes (default: Locust one per core, Node one)",
     )
     add_generator_arg(p)
     p.add_argument(

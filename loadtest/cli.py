@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="generator processes (default: Locust one per core, Node one)",
     )
     add_generator_arg(p)
+    add_warmup_arg(p, "0")
     p.add_argument(
         "--step-users",
         type=int,
@@ -55,6 +56,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_cluster_args(p)
     p.set_defaults(func=cmd_load)
+
+
+def add_warmup_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of the same schedule played unrecorded before the send window "
+        f"(Node generator only; default {default}): a fresh Kafka JVM spends its first "
+        "20-30 s compiling its hot paths at twice its later CPU",
+    )
 
 
 def add_generator_arg(p: argparse.ArgumentParser, default: str = "locust") -> None:
@@ -126,6 +138,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             **scenario_options(args),
             processes=args.processes,
             generator=args.generator,
+            warmup=args.warmup or 0.0,
             step_users=args.step_users,
             step_every=args.step_every,
             run_dir=Path(args.run_dir) if args.run_dir else None,

@@ -61,15 +61,19 @@ def loadgen_dir(plan: LoadPlan) -> Path:
 @dataclass(frozen=True)
 class Control:
     """The runner's orders: send between `send_start` and `send_end` (epoch seconds);
-    with `final`, make the final catch-up and close."""
+    with `final`, make the final catch-up and close. A `warm_start` before `send_start`
+    asks for the same schedule from then on, unrecorded (the Node generator only)."""
 
     send_start: float | None
     send_end: float | None
     final: bool = False
+    warm_start: float | None = None
 
 
 def write_control(loadgen: Path, control: Control) -> None:
     doc = {"send_start": control.send_start, "send_end": control.send_end, "final": control.final}
+    if control.warm_start is not None:
+        doc["warm_start"] = control.warm_start
     _write_atomically(loadgen / CONTROL_FILE, doc)
 
 

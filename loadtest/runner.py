@@ -83,6 +83,9 @@ class LoadOptions:
     # "locust" plays every scenario; "node" (loadtest/nodegen.py) plays steady dm and
     # group schedules at rates a Locust process per core cannot offer.
     generator: str = "locust"
+    # Seconds of the same schedule played unrecorded before the send window (the Node
+    # generator only): a fresh Kafka JVM spends its first 20-30 s compiling its hot paths.
+    warmup: float = 0.0
 
 
 @dataclass
@@ -202,6 +205,8 @@ class LoadRun:
             known = ", ".join(GENERATORS)
             raise PlanError(f"unknown generator {opts.generator!r} (one of {known})")
         self.tool = GENERATORS[opts.generator]
+        if opts.warmup < 0 or (opts.warmup > 0 and opts.generator != "node"):
+            raise PlanError("a warm-up is played by the Node generator only (--generator node)")
         self.locust: LocustProcess | NodeGenerator | None = None
         self.locust_code: int | None = None
         self.argv: list[str] = []
@@ -211,6 +216,7 @@ class LoadRun:
         self.warnings: list[str] = []
         self.times: dict[str, float] = {"begin": time.time()}
         self.send_start = self.send_end = self.drain_end = math.nan
+        self.warm_start: float | None = None
 
     # ------------------------------------------------------------ the steps
 
@@ -324,8 +330,12 @@ class LoadRun:
 
     def _send_window(self) -> None:
         opts = self.opts
-        self.send_start = time.time() + 0.5
+        begin = time.time() + 0.5
+        self.warm_start = begin if opts.warmup > 0 else None
+        self.send_start = begin + opts.warmup
         self.send_end = self.send_start + self._ramp() + opts.duration
+        if self.warm_start is not None:
+            self.say.say(f"warming up for {opts.warmup:g}s (the same schedule, unrecorded)")
         self._control(final=False)
         if self.faults:
             history = self.run_dir / "history-faults.jsonl"
@@ -339,6 +349,13 @@ class LoadRun:
             )
             self.live_faults.start(self.send_start)
         total = self.send_end - self.send_start
+        if self.warm_start is not None:
+            while time.time() < self.send_start:
+                st = self._snapshot()
+                elapsed = max(0.0, time.time() - self.warm_start)
+                self.say.tick(status_line("warm", elapsed, opts.warmup, st, self._gen_cpu()))
+                time.sleep(0.2)
+            self.say.end_line()
         self.say.say(f"sending for {total:.0f}s: {opts.scenario}, {opts.rate:g}/s per user")
         while time.time() < self.send_end:
             st = self._snapshot()
@@ -449,6 +466,7 @@ class LoadRun:
                 "max_drain": opts.max_drain,
                 "settle": opts.settle,
                 "faults": opts.faults,
+                "warmup": opts.warmup,
                 "offered_sends_per_s": plan.offered_sends_per_s(),
                 "offered_deliveries_per_s": plan.offered_sends_per_s() * plan.expected_fanout(),
             },
@@ -494,7 +512,7 @@ class LoadRun:
 
     def _control(self, *, final: bool) -> None:
         protocol.write_control(
-            self.loadgen, protocol.Control(self.send_start, self.send_end, final)
+            self.loadgen, protocol.Control(self.send_start, self.send_end, final, self.warm_start)
         )
 
     def _snapshot(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ def test_several_stages_run_one_after_another_into_one_report(tmp_path: Path) ->
     out_dir = tmp_path / "all"
     argv = ["capacity", "--stages", "v1,v2", "--scenario", "dm", "--users", "10"]
     argv += ["--processes", "2", "--start", "40", "--factor", "2", "--max", "80"]
-    argv += ["--level-seconds", "2"]
+    argv += ["--level-seconds", "2", "--warmup", "1"]
     argv += ["--out", str(out_dir)]
     with (tmp_path / "stdout.txt").open("w") as out, contextlib.redirect_stdout(out):
         assert imlab_main(argv) == 0
@@ -31,7 +31,7 @@ def test_several_stages_run_one_after_another_into_one_report(tmp_path: Path) ->
         parent = out_dir / e["stage"]
         summary_of = json.loads((parent / "capacity.json").read_text())
         assert [lv["offered"] for lv in summary_of["levels"]] == [40.0, 80.0]
-        assert summary_of["generator"] == "node"
+        assert summary_of["generator"] == "node" and summary_of["warmup_s"] == 1.0
         for lv in summary_of["levels"]:
             run = Path(lv["run_dir"])
             assert run.parent == parent and (run / "metrics.json").exists()

@@ -66,3 +66,20 @@ def test_what_gen_js_does_not_play_is_refused(tmp_path: Path) -> None:
     path = write_parts(plan("v2", "dm"), tmp_path, SECRET, 100.0)
     doc = json.loads(path.read_text())
     assert doc["rate"] == 4.0 and doc["spawn_rate"] == 100.0 and len(doc["users"]) == 9
+
+
+def test_a_warm_up_needs_the_node_generator_and_an_unknown_generator_is_refused(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from imlab.experiment.scenarios import PlanError
+    from loadtest.runner import LoadOptions, LoadRun
+
+    for opts, why in (
+        (LoadOptions(stage="v1", scenario="dm", warmup=5.0), "Node generator only"),
+        (LoadOptions(stage="v1", scenario="dm", generator="k6"), "unknown generator"),
+    ):
+        opts.run_dir = tmp_path / why.replace(" ", "-")
+        with pytest.raises(PlanError, match=why):
+            LoadRun(opts, io.StringIO())

@@ -9,8 +9,10 @@ many messages per second the machine's cores could carry at most,
 
     ceiling = (cores x 100 % - the idle burns) / (the sum of µs/msg, as %/(msg/s)),
 
-which the measured knee is set against. Prints a table per stage and the machine;
-`--json` saves the figures.
+and so does each kind alone on the cores it can use (a Python process, Redis or the
+Node generator one core each; the JVM and PostgreSQL all of them). The lowest of
+these ceilings is what the measured knee is set against. Prints a table per stage
+and the machine; `--json` saves the figures.
 
     .venv/bin/python benchmarks/cpu_budget.py runs/capacity-node-dm [--json out.json]
 """
@@ -30,8 +32,11 @@ SERVICE_NAMES = {"redis-server": "redis", "java": "kafka", "tansu": "kafka", "po
 GENERATOR = "generator"
 
 
-def kinds_of_run(manifest: dict[str, Any]) -> dict[str, float]:
-    """% of a core per kind, averaged over the send window, for one level run."""
+def kinds_of_run(
+    manifest: dict[str, Any], counts: dict[str, int] | None = None
+) -> dict[str, float]:
+    """% of a core per kind, averaged over the send window, for one level run; fills
+    `counts` with how many processes of each kind ran."""
     role_of = {
         str(info["pid"]): name.rpartition("-")[0] or name
         for name, info in (manifest.get("cluster") or {}).get("processes", {}).items()
@@ -42,9 +47,21 @@ def kinds_of_run(manifest: dict[str, Any]) -> dict[str, float]:
     for pid, pct in (stage.get("per_process_pct_mean") or {}).items():
         kind = role_of.get(pid) or SERVICE_NAMES.get(names.get(pid, ""), "other")
         out[kind] = out.get(kind, 0.0) + float(pct)
+        if counts is not None:
+            counts[kind] = counts.get(kind, 0) + 1
     gen = (manifest.get("load_generator") or {}).get("cpu") or {}
     out[GENERATOR] = float(gen.get("total_pct_mean", 0.0))
+    if counts is not None:
+        counts[GENERATOR] = int(gen.get("processes", 1) or 1)
     return out
+
+
+def cores_of(kind: str, processes: int, cores: float) -> float:
+    """The cores a kind can use: one per single-threaded process; the JVM's threads
+    and PostgreSQL's backends can spread over them all."""
+    if kind in ("kafka", "postgres"):
+        return cores
+    return min(float(processes), cores)
 
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -63,13 +80,16 @@ def budget(ladder: Path, cores: float) -> dict[str, Any]:
     summary = json.loads((ladder / "capacity.json").read_text())
     threshold = float(summary["threshold_ms"])
     rows: list[tuple[float, dict[str, float]]] = []
+    counts: dict[str, int] = {}
     for lv in summary["levels"]:
         held = lv["p99_ms"] is not None and lv["p99_ms"] < threshold and lv["lost"] == 0
         if not held or not lv.get("delivered_per_s"):
             continue
         manifest = json.loads((Path(lv["run_dir"]) / "manifest.json").read_text())
         rate = float(manifest["params"]["offered_sends_per_s"])
-        rows.append((rate, kinds_of_run(manifest)))
+        seen: dict[str, int] = {}
+        rows.append((rate, kinds_of_run(manifest, seen)))
+        counts = {k: max(n, counts.get(k, 0)) for k, n in seen.items()}
     if not rows:
         return {"stage": summary["stage"], "error": "no level held"}
     kinds = sorted({k for _, r in rows for k in r})
@@ -78,10 +98,22 @@ def budget(ladder: Path, cores: float) -> dict[str, Any]:
         xs = [rate for rate, _ in rows]
         ys = [r.get(k, 0.0) for _, r in rows]
         idle, slope = fit(xs, ys)
-        per_kind[k] = {"us_per_msg": round(slope / 100.0 * 1e6, 1), "idle_pct": round(idle, 1)}
+        usable = cores_of(k, counts.get(k, 1), cores)
+        own = (usable * 100.0 - idle) / slope if slope > 0 else None
+        per_kind[k] = {
+            "us_per_msg": round(slope / 100.0 * 1e6, 1),
+            "idle_pct": round(idle, 1),
+            "processes": counts.get(k, 1),
+            "ceiling_msgs_per_s": round(own) if own else None,
+        }
     idle = sum(max(0.0, v["idle_pct"]) for v in per_kind.values())
     cost = sum(max(0.0, v["us_per_msg"]) for v in per_kind.values())
-    ceiling = (cores * 100.0 - idle) / (cost / 1e6 * 100.0) if cost > 0 else None
+    machine = (cores * 100.0 - idle) / (cost / 1e6 * 100.0) if cost > 0 else None
+    limits = {k: v["ceiling_msgs_per_s"] for k, v in per_kind.items() if v["ceiling_msgs_per_s"]}
+    if machine:
+        limits["the machine"] = round(machine)
+    limit_by = min(limits, key=lambda k: limits[k]) if limits else None
+    ceiling = limits[limit_by] if limit_by else None
     knee = summary["knee"]
     return {
         "stage": summary["stage"],
@@ -90,7 +122,9 @@ def budget(ladder: Path, cores: float) -> dict[str, Any]:
         "kinds": per_kind,
         "idle_pct": round(idle, 1),
         "us_per_msg": round(cost, 1),
+        "machine_ceiling_msgs_per_s": round(machine) if machine else None,
         "ceiling_msgs_per_s": round(ceiling) if ceiling else None,
+        "limited_by": limit_by,
         "knee": knee.get("knee"),
         "knee_status": knee.get("status"),
         "knee_over_ceiling": round(knee["knee"] / ceiling, 2)
@@ -106,14 +140,21 @@ def table(b: dict[str, Any]) -> str:
         f"{b['stage']} ({b['scenario']}), fitted on "
         + ", ".join(f"{r:g}" for r in b["levels_fitted"])
         + " msgs/s:",
-        "| kind | µs/msg | idle % of a core |",
-        "|---|--:|--:|",
+        "| kind | processes | µs/msg | idle % of a core | its own ceiling, msgs/s |",
+        "|---|--:|--:|--:|--:|",
     ]
     for k, v in sorted(b["kinds"].items(), key=lambda kv: -kv[1]["us_per_msg"]):
-        lines.append(f"| {k} | {v['us_per_msg']:,.0f} | {v['idle_pct']:.0f} |")
-    lines.append(f"| **all** | **{b['us_per_msg']:,.0f}** | **{b['idle_pct']:.0f}** |")
+        own = v["ceiling_msgs_per_s"]
+        lines.append(
+            f"| {k} | {v['processes']} | {v['us_per_msg']:,.0f} | {v['idle_pct']:.0f} "
+            f"| {'-' if own is None else f'{own:,}'} |"
+        )
     lines.append(
-        f"ceiling on these cores {b['ceiling_msgs_per_s']:,} msgs/s; knee {b['knee']} "
+        f"| **all** | | **{b['us_per_msg']:,.0f}** | **{b['idle_pct']:.0f}** "
+        f"| **{b['machine_ceiling_msgs_per_s']:,}** (the machine) |"
+    )
+    lines.append(
+        f"ceiling {b['ceiling_msgs_per_s']:,} msgs/s ({b['limited_by']}); knee {b['knee']} "
         f"({b['knee_status']}); knee / ceiling {b['knee_over_ceiling']}"
     )
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """benchmarks/cpu_budget.py on a synthetic ladder: each kind's line (µs/msg and idle
-burn) is recovered, and the ceiling is what the cores allow after the idle burns."""
+burn) is recovered; the ceiling is the lowest of what the cores allow after the idle
+burns and what each kind allows on the cores it can use."""
 
 from __future__ import annotations
 
@@ -59,5 +60,11 @@ def test_kinds_lines_and_the_ceiling_are_recovered(tmp_path: Path) -> None:
     assert b["kinds"]["kafka"]["us_per_msg"] == pytest.approx(200)
     assert b["kinds"]["generator"]["us_per_msg"] == pytest.approx(100)
     assert b["us_per_msg"] == pytest.approx(800) and b["idle_pct"] == pytest.approx(50)
-    assert b["ceiling_msgs_per_s"] == pytest.approx(150 / 0.08, abs=1)  # 1,875 msgs/s
-    assert b["knee_over_ceiling"] == pytest.approx(200 / 1875, abs=0.01)
+    assert b["machine_ceiling_msgs_per_s"] == pytest.approx(150 / 0.08, abs=1)  # 1,875/s
+    # the one gateway process alone: (100 % - 10 %) / 0.05 % per msg/s = 1,800 msgs/s;
+    # the JVM may use both cores: (200 % - 40 %) / 0.02 = 8,000
+    assert b["kinds"]["gateway"]["ceiling_msgs_per_s"] == pytest.approx(1800, abs=1)
+    assert b["kinds"]["kafka"]["ceiling_msgs_per_s"] == pytest.approx(8000, abs=1)
+    assert b["ceiling_msgs_per_s"] == pytest.approx(1800, abs=1)
+    assert b["limited_by"] == "gateway"
+    assert b["knee_over_ceiling"] == pytest.approx(200 / 1800, abs=0.01)

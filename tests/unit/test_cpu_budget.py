@@ -53,10 +53,9 @@ def test_kinds_lines_and_the_ceiling_are_recovered(tmp_path: Path) -> None:
     (tmp_path / "capacity.json").write_text(json.dumps(summary))
     b = budget.budget(tmp_path, cores=2)
     assert b["levels_fitted"] == [100, 200]  # the failing level is left out
-    assert b["kinds"]["gateway"] == {
-        "us_per_msg": pytest.approx(500),
-        "idle_pct": pytest.approx(10),
-    }
+    gateway = b["kinds"]["gateway"]
+    assert gateway["us_per_msg"] == pytest.approx(500) and gateway["processes"] == 1
+    assert gateway["idle_pct"] == pytest.approx(10)
     assert b["kinds"]["kafka"]["us_per_msg"] == pytest.approx(200)
     assert b["kinds"]["generator"]["us_per_msg"] == pytest.approx(100)
     assert b["us_per_msg"] == pytest.approx(800) and b["idle_pct"] == pytest.approx(50)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imlab.cluster import machine_info
 from imlab.kafka_dist import cache_dir
 from imlab.services import LOOPBACK, free_port, install_signal_handlers
+from loadtest.nodegen import NodeGenError, npm_install
 from loadtest.runner import LoadOptions, run_load
 from reports.knee import Knee, Level, find_knee
 
@@ -43,23 +43,10 @@ SOCKET_IO = "socket.io@^4.8.1"
 
 def install_socket_io() -> Path:
     """npm's socket.io in .cache/node-peer/ (once); returns its node_modules."""
-    prefix = cache_dir() / "node-peer"
-    modules = prefix / "node_modules"
-    if (modules / "socket.io" / "package.json").exists():
-        return modules
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            raise SystemExit(
-                f"benchmarks/peer.py needs `{tool}` on PATH (apt-get install nodejs npm)"
-            )
-    prefix.mkdir(parents=True, exist_ok=True)
-    print(f"installing {SOCKET_IO} into {prefix} ...", flush=True)
-    subprocess.run(
-        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", SOCKET_IO],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return modules
+    try:
+        return npm_install("node-peer", SOCKET_IO, "socket.io")
+    except NodeGenError as exc:
+        raise SystemExit(f"benchmarks/peer.py: {exc}") from exc
 
 
 class NodePeer:

@@ -35,24 +35,30 @@ class NodeGenError(RuntimeError):
     """Node.js or its Socket.IO client is missing and cannot be installed."""
 
 
-def install_client() -> Path:
-    """npm's socket.io-client in <cache>/nodegen/ (once); returns its node_modules."""
-    prefix = cache_dir() / "nodegen"
+def npm_install(folder: str, spec: str, package: str) -> Path:
+    """npm's `spec` in <cache>/<folder>/, installed once; returns its node_modules
+    (the Node generator's client here, the peer's server in benchmarks/peer.py)."""
+    prefix = cache_dir() / folder
     modules = prefix / "node_modules"
-    if (modules / "socket.io-client" / "package.json").exists():
+    if (modules / package / "package.json").exists():
         return modules
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
-            raise NodeGenError(f"the Node generator needs `{tool}` (apt-get install nodejs npm)")
+            raise NodeGenError(f"{package} needs `{tool}` on PATH (apt-get install nodejs npm)")
     prefix.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", CLIENT],
+        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", spec],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        raise NodeGenError(f"npm install {CLIENT} failed:\n{done.stderr[-2000:]}")
+        raise NodeGenError(f"npm install {spec} failed:\n{done.stderr[-2000:]}")
     return modules
+
+
+def install_client() -> Path:
+    """npm's socket.io-client in <cache>/nodegen/ (once); returns its node_modules."""
+    return npm_install("nodegen", CLIENT, "socket.io-client")
 
 
 def client_version() -> str | None:

@@ -315,7 +315,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="generator processes (0: Locust one a core, Node one)",
     )
     add_generator_arg(p, default="node")
-    add_warmup_arg(p, f"{DEFAULT_WARMUP:g} with the Node generator")
+    add_warmup_arg(p, f"{DEFAULT_WARMUP:g}")
     p.add_argument("--run-dir", default=None, help="parent folder (default runs/<time>-capacity-)")
     p.add_argument(
         "--out",
@@ -354,11 +354,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             users=args.users,
             processes=args.processes,
             generator=args.generator,
-            warmup=(
-                args.warmup
-                if args.warmup is not None
-                else (DEFAULT_WARMUP if args.generator == "node" else 0.0)
-            ),
+            warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
             refine=args.refine,
             parent=parent,
             cluster=spec_from_args(stage, args),

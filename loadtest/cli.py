@@ -64,8 +64,8 @@ def add_warmup_arg(p: argparse.ArgumentParser, default: str) -> None:
         type=float,
         default=None,
         help="seconds of the same schedule played unrecorded before the send window "
-        f"(Node generator only; default {default}): a fresh Kafka JVM spends its first "
-        "20-30 s compiling its hot paths at twice its later CPU",
+        f"(default {default}): a fresh Kafka JVM spends its first 20-30 s compiling its "
+        "hot paths at twice its later CPU",
     )
 
 

@@ -62,7 +62,7 @@ def loadgen_dir(plan: LoadPlan) -> Path:
 class Control:
     """The runner's orders: send between `send_start` and `send_end` (epoch seconds);
     with `final`, make the final catch-up and close. A `warm_start` before `send_start`
-    asks for the same schedule from then on, unrecorded (the Node generator only)."""
+    asks for the same schedule from then on, unrecorded (`WARMUP_PREFIX` client ids)."""
 
     send_start: float | None
     send_end: float | None
@@ -97,11 +97,12 @@ class ControlReader:
         except (OSError, ValueError):
             return None  # half-written; read it next time
         self._mtime = mtime
-        start, end = doc.get("send_start"), doc.get("send_end")
+        start, end, warm = doc.get("send_start"), doc.get("send_end"), doc.get("warm_start")
         return Control(
             None if start is None else float(start),
             None if end is None else float(end),
             bool(doc.get("final")),
+            None if warm is None else float(warm),
         )
 
 

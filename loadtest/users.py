@@ -17,6 +17,7 @@ from locust import User, constant, task
 from locust.env import Environment
 
 from imlab.client import ClientError, ConnectRefused
+from imlab.experiment.history import WARMUP_PREFIX
 from imlab.experiment.scenarios import ChurnClock
 from imlab.protocol import ErrorCode
 from loadtest.loadclient import LoadClient
@@ -115,6 +116,7 @@ class ChatUser(User):
         assert self.w.send_start is not None and self.w.send_end is not None
         send_end = self.w.send_end
         now = time.time()
+        self._warm_up()
         schedule = self.plan.schedule(self.index, self.w.send_start)
         if self.plan.churns(self.index):
             self.churn = self.plan.churn_clock(self.index)
@@ -142,6 +144,31 @@ class ChatUser(User):
         if not self.client.online and not self.client.shut_out:
             self._come_back()
         self._finish(final_sync=not self.client.shut_out)
+
+    def _warm_up(self) -> None:
+        """The warm-up's slots, before the send window: the same schedule, sent with
+        `WARMUP_PREFIX` client ids, which the client records nothing for. A user that
+        churns sits it out (its clock starts with the window)."""
+        assert self.client is not None and self.w.send_start is not None
+        if self.w.warm_start is None or self.plan.churns(self.index):
+            return
+        to, group = self.plan.target(self.index)
+        schedule = self.plan.schedule(self.index, self.w.warm_start)
+        k = schedule.slot_at_or_after(time.time())
+        while (t := schedule.time_of(k)) < self.w.send_start:
+            self._wait_until(t, self.w.send_start)
+            if time.time() >= self.w.send_start:
+                break
+            if self.client.online:
+                with contextlib.suppress(ClientError):
+                    self.client.send(
+                        to=to,
+                        group=group,
+                        body=self.plan.body(self.index, k),
+                        client_msg_id=f"{WARMUP_PREFIX}{self.client.core.next_client_msg_id()}",
+                    )
+                self.w.stats["warmup_sends"] += 1
+            k += 1
 
     def _wait_until(self, t: float, send_end: float) -> None:
         while True:

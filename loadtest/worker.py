@@ -58,11 +58,13 @@ class WorkerProcess:
             "shut_out": 0,  # users the stage shut out (tokens revoked): they idle
             "stopped_early": 0,  # stopped by Locust before the part was played
             "surplus": 0,  # Locust users beyond the plan (they idle)
+            "warmup_sends": 0,  # sent before the send window, unrecorded
         }
         self.lag_max = 0.0  # since the last status write
         self.lag_max_all = 0.0
         self.send_start: float | None = None
         self.send_end: float | None = None
+        self.warm_start: float | None = None
         self.go = Event()
         self.final = Event()
         self._control = protocol.ControlReader(self.dir)
@@ -95,6 +97,7 @@ class WorkerProcess:
         if control.send_start is not None and control.send_end is not None and not self.go.is_set():
             self.send_start = control.send_start
             self.send_end = control.send_end
+            self.warm_start = control.warm_start
             self.go.set()
         if control.final:
             self.final.set()

@@ -38,6 +38,11 @@ GROUP_CHANGE: Final = "group_change"
 FAULT: Final = "fault"
 REVOKED: Final = "revoked"
 
+# The client ids of a load's warm-up messages (`imlab load --warmup`): they are sent,
+# stored and pushed like any other, and no client records an event for them, so the
+# checker judges the measured window alone.
+WARMUP_PREFIX: Final = "warm-"
+
 VIA_PUSH: Final = "push"
 VIA_SYNC: Final = "sync"
 

@@ -36,7 +36,7 @@ const CONNECT_ATTEMPTS = 5;
 const GAP_PATIENCE_S = 0.5;
 const SYNC_PAGE = 200;
 const LATE_S = 0.1;
-const WARM = "warm-"; // the client ids of the warm-up's messages, which are not recorded
+const WARM = "warm-"; // imlab/experiment/history.py WARMUP_PREFIX: nothing is recorded for these
 const now = () => (performance.timeOrigin + performance.now()) / 1000;
 
 const stats = {

@@ -186,3 +186,31 @@ def test_v2_group_through_the_cli(v2_group_cli: tuple[Path, str]) -> None:
     _assert_accounted(metrics, raw)
     assert raw["missing"] == 0 and metrics["summary"]["clean"]
     assert "stage / scenario" in stdout and "load generator" in stdout
+
+
+def test_a_locust_warm_up_is_sent_and_left_out_of_the_history(tmp_path: Path) -> None:
+    """`--warmup` with Locust: the warm-up's messages take the first seqs and leave no
+    event, so the checker judges the window alone and finds it clean."""
+    result = run_load(
+        LoadOptions(
+            stage="v2",
+            scenario="dm",
+            users=8,
+            rate=4.0,
+            duration=2.0,
+            warmup=1.5,
+            processes=1,
+            run_dir=tmp_path / "run",
+            quiet=True,
+        )
+    )
+    m = result.metrics
+    assert m["summary"]["clean"], result.summary
+    assert m["deliveries"]["delivered"] == m["deliveries"]["expected"] > 0
+    events = _events(tmp_path / "run")
+    assert not any(str(e.get("msg", "")).startswith("warm-") for e in events)
+    seqs = [e["seq"] for e in events if e["ev"] == "ack"]
+    assert seqs and min(seqs) > 1  # the warm-up's messages came first
+    assert min(e["intended"] for e in events if e["ev"] == "send") >= result.manifest["started_at"]
+    status = result.manifest["load_generator"]["status"]
+    assert status["warmup_sends"] >= 8 and result.manifest["params"]["warmup"] == 1.5

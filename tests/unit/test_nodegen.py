@@ -68,7 +68,7 @@ def test_what_gen_js_does_not_play_is_refused(tmp_path: Path) -> None:
     assert doc["rate"] == 4.0 and doc["spawn_rate"] == 100.0 and len(doc["users"]) == 9
 
 
-def test_a_warm_up_needs_the_node_generator_and_an_unknown_generator_is_refused(
+def test_a_negative_warm_up_and_an_unknown_generator_are_refused(
     tmp_path: Path,
 ) -> None:
     import io
@@ -77,7 +77,7 @@ def test_a_warm_up_needs_the_node_generator_and_an_unknown_generator_is_refused(
     from loadtest.runner import LoadOptions, LoadRun
 
     for opts, why in (
-        (LoadOptions(stage="v1", scenario="dm", warmup=5.0), "Node generator only"),
+        (LoadOptions(stage="v1", scenario="dm", warmup=-1.0), "zero seconds or more"),
         (LoadOptions(stage="v1", scenario="dm", generator="k6"), "unknown generator"),
     ):
         opts.run_dir = tmp_path / why.replace(" ", "-")

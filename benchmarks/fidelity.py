@@ -301,6 +301,13 @@ def main() -> int:
     ap.add_argument("--write-defaults", action="store_true", help="write sim/calibration/")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="seconds of each level's schedule played unrecorded first (default 0: the "
+        "committed calibrations came from cold ladders; 20 gives a warm Kafka JVM)",
+    )
+    ap.add_argument(
         "--check-ladder",
         type=Path,
         action="append",
@@ -325,6 +332,7 @@ def main() -> int:
                 refine=2,
                 parent=parent,
                 generator="locust",  # the calibrations' loadgen kind models Locust
+                warmup=args.warmup,
             ),
             ladders,
         )

@@ -129,6 +129,7 @@ def stage_fidelity(
     with_faults: bool,
     write_defaults: bool,
     committed: bool = False,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
     """Calibrate `stage` from the levels of `ladder` that held (or, `committed`, take its
     calibration in sim/calibration/ as it is) and compare every level with its twin."""
@@ -193,11 +194,15 @@ def stage_fidelity(
         "knee_sim": find_knee(sim_levels).to_dict(),
     }
     if with_faults:
-        record["faults"] = stage_faults(stage, levels[0], params_file, out)
+        record["faults"] = stage_faults(stage, levels[0], params_file, out, warmup=warmup)
     return record
 
 
-def stage_faults(stage: str, low: Path, params_file: Path, out: Path) -> list[dict[str, Any]]:
+def stage_faults(
+    stage: str, low: Path, params_file: Path, out: Path, *, warmup: float = 0.0
+) -> list[dict[str, Any]]:
+    """Each of the stage's faults at the ladder's first load, warmed like the ladder, and
+    its twin (the model has no JIT: the warm-up is not simulated)."""
     facts = read_run(low)
     rows = []
     for spec in FAULTS.get(stage, []):
@@ -213,6 +218,7 @@ def stage_faults(stage: str, low: Path, params_file: Path, out: Path) -> list[di
                     duration=10.0,
                     faults=spec,
                     max_drain=15.0,
+                    warmup=warmup,
                     run_dir=real_dir,
                     quiet=True,
                 )
@@ -352,6 +358,7 @@ def main() -> int:
                 args.out / stage,
                 with_faults=args.faults,
                 write_defaults=args.write_defaults,
+                warmup=args.warmup,
             )
         )
     for ladder in args.check_ladder:

@@ -35,6 +35,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,7 +340,7 @@ def apply_fits(base: Params, fits: list[KindFit], *, consumes_on_front: bool) ->
 
 
 def calibrate(
-    run_dirs: list[Path | str],
+    run_dirs: Sequence[Path | str],
     *,
     base: Params = DEFAULTS,
     fit_link: bool = True,
@@ -423,7 +424,7 @@ def calibrate(
     return params.with_(source=source)
 
 
-def machine_capacity(run_dirs: list[Path | str]) -> float | None:
+def machine_capacity(run_dirs: Sequence[Path | str]) -> float | None:
     """The most CPU (cores' worth) the processes of any of these runs got together, with
     what processes outside them took: what the machine gives when saturated. None when
     the runs have no CPU samples."""

@@ -29,9 +29,9 @@ from imlab.services import install_signal_handlers
 from loadtest.capacity import CapacityOptions, run_capacity_all
 from loadtest.runner import LoadOptions, run_load
 from reports.knee import Level, find_knee
-from sim.calibrate import calibrate, machine_capacity, read_run
+from sim.calibrate import calibrate, machine_capacity, read_run, twin_options
 from sim.params import CALIBRATION_DIR, stage_defaults
-from sim.run import SimOptions, run_sim
+from sim.run import run_sim
 
 FAULTS: dict[str, list[str]] = {
     "v1": ["churn:0.3"],
@@ -95,30 +95,10 @@ def _offered(run_dir: Path) -> float:
     return float(manifest["params"]["offered_sends_per_s"])
 
 
-def twin(real_dir: Path, params_file: Path, out_dir: Path, faults: str = "") -> dict[str, Any]:
-    """The simulated run of a real run folder: same stage, load, topology and faults."""
-    man = json.loads((real_dir / "manifest.json").read_text())
-    facts = read_run(real_dir)
-    p = man["params"]
-    result = run_sim(
-        SimOptions(
-            stage=facts.stage,
-            scenario=facts.scenario,
-            users=facts.users,
-            rate=facts.rate,
-            duration=facts.duration,
-            group_size=facts.group_size,
-            faults=faults,
-            servers=facts.nodes,
-            workers=facts.workers or None,
-            max_drain=float(p.get("max_drain") or 15.0),
-            outside_cpu=facts.outside,
-            params=str(params_file),
-            run_dir=out_dir,
-            quiet=True,
-        )
-    )
-    return figures(result.metrics)
+def twin(real_dir: Path, params_file: Path, out_dir: Path) -> dict[str, Any]:
+    """The figures of a real run's simulated twin (`sim.calibrate.twin_options`)."""
+    opts = twin_options(real_dir, params=str(params_file), run_dir=out_dir)
+    return figures(run_sim(opts).metrics)
 
 
 def stage_fidelity(
@@ -224,7 +204,7 @@ def stage_faults(
                 )
             )
         real = figures(json.loads((real_dir / "metrics.json").read_text()))
-        sim = twin(real_dir, params_file, out / f"sim-{name}", faults=spec)
+        sim = twin(real_dir, params_file, out / f"sim-{name}")
         rows.append({"fault": spec, "real": real, "sim": sim})
         print(
             f"  {stage} {spec}: acked {real['acked_ok']}/{sim['acked_ok']}, lost "

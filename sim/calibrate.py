@@ -47,7 +47,7 @@ from imlab.experiment.faults import parse_faults
 from reports.history import HISTORY_GLOB, load_manifest
 from sim.params import DEFAULTS, Dist, Params
 
-__all__ = ["CalibrationError", "RunFacts", "calibrate", "read_run"]
+__all__ = ["CalibrationError", "RunFacts", "calibrate", "read_run", "twin_options"]
 
 
 class CalibrationError(ValueError):
@@ -431,6 +431,42 @@ def machine_capacity(run_dirs: Sequence[Path | str]) -> float | None:
     runs = [read_run(d) for d in run_dirs]
     totals = [sum((r.cpu_by_kind or {}).values()) + r.outside for r in runs]
     return max(totals) if totals and max(totals) > 0 else None
+
+
+def twin_options(real_dir: Path | str, **overrides: Any) -> Any:
+    """The `SimOptions` of a real run's twin: the same stage, scenario, load, churn,
+    faults, seed, drain and topology, on this machine's shared cores with the CPU that
+    processes outside the run took meanwhile; `overrides` (run_dir, params, ...) win."""
+    from sim.run import SimOptions
+
+    facts = read_run(real_dir)
+    p = load_manifest(Path(real_dir)).get("params") or {}
+    churn = p.get("churn") or {}
+    opts: dict[str, Any] = {
+        "stage": facts.stage,
+        "scenario": facts.scenario,
+        "users": facts.users,
+        "rate": facts.rate,
+        "duration": facts.duration,
+        "group_size": facts.group_size,
+        "faults": str(p.get("faults") or ""),
+        "seed": int(p.get("seed") or 1),
+        "servers": facts.nodes,
+        "workers": facts.workers or None,
+        "max_drain": float(p.get("max_drain") or 15.0),
+        "settle": float(p.get("settle") or 1.5),
+        "spawn_rate": float(p.get("spawn_rate") or 0.0),
+        "this_machine": True,
+        "outside_cpu": facts.outside,
+        "quiet": True,
+    }
+    if churn:
+        opts["churn"] = float(churn["fraction"]) if churn.get("fraction") else None
+        opts["churn_online"] = float(churn.get("online_mean") or 2.0)
+        opts["churn_offline"] = float(churn.get("offline_mean") or 1.0)
+        opts["churn_silent"] = float(churn.get("silent_fraction") or 0.5)
+    opts.update(overrides)
+    return SimOptions(**opts)
 
 
 def simulate_like(run: RunFacts, params: Params, *, duration: float | None = None) -> Any:

@@ -1,7 +1,9 @@
 """Live faults on real stages: each short `imlab load` run injects one fault into the
 real processes and the checker's metrics.json must show the effect the seed predicts.
 
-- a Redis pause makes v2 sends fail or wait, and loses nothing that was acked;
+- a Redis pause makes v2 sends fail or wait, and loses nothing that was acked; v2's
+  model, given the same pause, refuses and delays the same sends (issue #14's
+  tolerance: counts within 20 % or 5, the push p99 within 20 %);
 - on Apache Kafka a broker stopped during v3 traffic refuses or delays sends and
   loses nothing acked (it keeps its log); on a three-broker cluster a killed broker
   costs v4 nothing acked, and every member sees one order;
@@ -26,6 +28,7 @@ from imlab import protocol as p
 from imlab.client import SyncChatClient, ordered_endpoints
 from imlab.cluster import Cluster, ClusterSpec
 from loadtest.runner import LoadOptions, LoadResult, run_load
+from tests.twins import near, said, twin_metrics
 
 PROCESSES = 1
 PAUSE_S = 2.0
@@ -92,6 +95,15 @@ def test_redis_pause_makes_v2_sends_fail_or_wait_and_loses_nothing_acked(
     assert m["sends"]["acked_ok"] > 0
     assert m["anomalies"] == dict.fromkeys(m["anomalies"], 0), m["anomalies"]
     assert m["deliveries"]["delivered"] == m["deliveries"]["expected"]
+    # the model of v2, given the same pause, refuses and delays the same sends
+    sim = twin_metrics(result.run_dir, tmp_path / "twin")
+    text = said(m, sim)
+    print(text)
+    assert sim["deliveries"]["lost"] == 0, text
+    assert near(sim["sends"]["acked_ok"], m["sends"]["acked_ok"]), text
+    assert near(sim["sends"]["acked_error"], m["sends"]["acked_error"]), text
+    real_p99, sim_p99 = m["latency_ms"]["push"]["p99"], sim["latency_ms"]["push"]["p99"]
+    assert near(sim_p99, real_p99, absolute=0.0), text
 
 
 def test_a_stopped_kafka_broker_delays_or_refuses_v3_sends_and_loses_nothing_acked(

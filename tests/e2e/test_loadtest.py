@@ -1,6 +1,7 @@
 """Load tests end to end: real Locust runs (two worker processes, a few seconds, a few
 users) against v1 and v2 through `imlab load`, judged by the checker, and the
-checker's delivery figures recomputed here from the raw histories.
+checker's delivery figures recomputed here from the raw histories; v1's churn run is
+also given to v1's model, which must lose about what the stage lost.
 (The plan's arithmetic on its own is in tests/unit/test_plan.py.)
 """
 
@@ -16,6 +17,7 @@ import pytest
 
 from imlab_app.cli import main as imlab_main
 from loadtest.runner import LoadOptions, LoadResult, run_load
+from tests.twins import near, said, twin_metrics
 
 MANIFEST_KEYS = {
     "stage",
@@ -162,6 +164,21 @@ def test_v1_churn_loses_what_its_histories_show_missing(v1_churn: LoadResult) ->
     assert v1_churn.metrics["deliveries"]["sync"] == 0
     # a cleanly gone recipient is refused, not lost
     assert set(raw["errors"]) <= {"recipient_offline"}
+
+
+def test_the_model_of_v1_churn_loses_what_the_stage_lost(
+    v1_churn: LoadResult, tmp_path: Path
+) -> None:
+    """The same churn (one seed gives the model and the load tool the same drops) costs
+    v1's model and v1 about the same messages: the loss count within 20 % or 5."""
+    real = v1_churn.metrics
+    sim = twin_metrics(v1_churn.run_dir, tmp_path / "twin")
+    text = said(real, sim)
+    print(text)
+    assert real["deliveries"]["lost"] > 0, text
+    assert near(sim["deliveries"]["lost"], real["deliveries"]["lost"]), text
+    assert near(sim["sends"]["acked_error"], real["sends"]["acked_error"]), text
+    assert near(sim["sends"]["attempted"], real["sends"]["attempted"], rel=0.05), text
 
 
 def test_v2_churn_recovers_everything_by_sync(v2_churn: LoadResult) -> None:

@@ -98,11 +98,16 @@ def test_simulated_v2_push_median_is_near_the_real_one_at_two_loads(tmp_path: Pa
 # ---------------------------------------------------------------- every stage's calibration
 
 STAGE_TOLERANCE = 0.35
-"""Push p50, model against real, at 100 dm msgs/s: the quiet sitting of
-benchmarks/fidelity.py that wrote the calibrations gave v1 +18 %, v2 +4 %, v3 -13 %,
-v4 +4 %, v5 +16 % (docs/RESULTS.md, "Fidelity"); a noisy one up to +26 %, and real
+"""Push p50, model against real, at 100 dm msgs/s: the warm sitting of
+benchmarks/fidelity.py that wrote the calibrations (2026-12-02 07:12 UTC) gave v1 +15 %,
+v2 -1 %, v3 -14 %, v4 +16 %, v5 +25 % (docs/RESULTS.md, "Fidelity"); this test's own
+short runs gave v1 +24 %, v2 0 %, v3 -19 %, v4 0 %, v5 +11 % on the day, and real
 medians of one stage move by 20 % between runs here."""
 STAGE_LOAD = 100  # dm msgs/s: under every stage's knee here (the lowest, v5's: 168-283)
+WARMUP = {"v3": 5.0, "v4": 5.0, "v5": 5.0}
+"""Seconds of unrecorded sending first: the calibrations came from warm ladders (20 s),
+and a fresh Kafka JVM spends its first seconds compiling (docs/SERVICES.md); 5 s takes
+the worst of it and keeps the suite short."""
 
 
 @pytest.mark.parametrize("stage", ["v1", "v2", "v3", "v4", "v5"])
@@ -122,6 +127,7 @@ def test_each_stage_calibration_predicts_its_real_run(tmp_path: Path, stage: str
                 users=100,
                 rate=STAGE_LOAD / 100,
                 duration=DURATION,
+                warmup=WARMUP.get(stage, 0.0),
                 run_dir=tmp_path / f"real-{attempt}",
                 quiet=True,
             )

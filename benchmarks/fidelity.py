@@ -7,7 +7,7 @@ second, losses), as is the knee; with `--faults`, each stage's faults at one low
         [--faults] [--write-defaults] [--out runs/fidelity]
 
 Without `--ladders` it first climbs the ladders (`imlab capacity --stages`, dm, from 100
-msgs/s, doubling). Levels above the second are predictions: nothing was fitted to them.
+msgs/s, doubling, each level warmed for `--warmup` seconds first). Levels above the second are predictions: nothing was fitted to them.
 `--write-defaults` writes each stage's calibration to sim/calibration/<stage>.json (the
 defaults of `imlab sim`). Prints and writes fidelity.json and fidelity.md with the machine.
 """
@@ -289,9 +289,9 @@ def main() -> int:
     ap.add_argument(
         "--warmup",
         type=float,
-        default=0.0,
-        help="seconds of each level's schedule played unrecorded first (default 0: the "
-        "committed calibrations came from cold ladders; 20 gives a warm Kafka JVM)",
+        default=20.0,
+        help="seconds of each level's schedule played unrecorded first, faults' runs too "
+        "(default 20, as the committed calibrations' ladders: a warm Kafka JVM; 0: cold)",
     )
     ap.add_argument(
         "--check-ladder",

@@ -47,10 +47,16 @@ class ConsumerLoop:
             parts: dict[tuple[str, int], list[Record[Msg]]] = {}
             for rec in records:
                 parts.setdefault((rec.topic, rec.partition), []).append(rec)
+            fetched_at = env.now
+            batch = consumer.background_batch if consumer.background_rate > 0 else 0
             procs = [env.process(self._partition(recs)) for recs in parts.values()]
             yield env.all_of(procs)
             if not node.alive:
                 return
+            if batch:  # the population's records of this fetch are handled before the commit
+                left = fetched_at + consumer.background_hold(batch) - env.now
+                if left > 0:
+                    yield env.timeout(left)
             yield env.timeout(2 * m.p.kafka_link.mean)  # the commit's round trip
             assert m.broker is not None
             handled = [m.broker.topics[t].partitions[i] for t, i in parts]

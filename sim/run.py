@@ -293,8 +293,7 @@ def build_model(
         for consumer in consumers:  # one record a send, over the group's partitions
             share = len(consumer.assignment) / parts if parts else 0.0
             consumer.background_rate = (scale - 1.0) * sc.users * sc.rate * share
-            # a commit round trip and the handling of the batch the fetch brought
-            consumer.background_commit = 2 * params.kafka_link.mean + params.worker_record.mean
+            consumer.background_work = params.worker_record.mean
     return model, sc, traced
 
 

@@ -40,14 +40,24 @@ busiest process above ~0.7), the fine regularity of the load tool's schedule: th
 the sample's p99 runs high (v2 at 0.8: 17 ms against 8 ms). At 10,000 users and 0.05
 msgs/s a tenth agrees within 5 % for v2 and v4 (tests/unit/test_sim_sample.py); v3's push
 p50 comes out 10 % low.
-The Kafka consumers see the population's records as a rate: a fetch that finds no
-sampled record returns at once when unsampled ones came since the last fetch; so a
-sampled record does not wait for the population's records of the same fetch (in the
-full model a worker handles a fetch's records, commits, then fetches again). That is
-the likely reason why, at 100,000 users (10,000 msgs/s; 44 gateways, 8 workers, all
-near 0.63), the sample's push p50 is 8.0-8.8 ms against 12.2 with everybody simulated,
-while its ack p50 is only 0.5 ms low (4.5 against 5.1) and its push p99 agrees (16.2-16.5
-against 17.2): push latencies of the sample are low by some milliseconds at this load.
+The Kafka consumers see the population's records as a rate: each fetch counts how many
+of theirs came since the last look (a Poisson draw; one of them may answer a waiting
+fetch), and the loop holds for their CPU, one after another, before it commits
+(`sim.kafka_group.Consumer.background_hold`). Their CPU itself reaches the worker as
+the kind's even stream, not in the fetch's batch, so a sampled record does not queue
+behind its batch-mates, and their Redis round trips are not held for: with them the
+sample ran 7-12 % slow at 10,000 users. So near a busy worker the sample's push
+latencies are low. v4, the same calibration, `--sample` against everybody simulated:
+
+    users (msgs/s, topology)         sample   push p50    push p99    before the hold
+    10,000 (500; 2 gw, 2 wk)          0.1      +3 %        +5 %        within 5 %
+    20,000 (2,000; 9 gw, 2 wk)        0.2      -24 %       -1 %        -33 %, -24 %
+    100,000 (10,000; 44 gw, 8 wk)     0.05     -35 %       -14 %       -50 %, -47 %
+
+(workers at 1,000-1,250 records/s each in the last two). At 100,000 users the ack p50 is
+also 15 % low (2.8 against 3.4 ms): the gateways' population stream is even, where the
+full model's relays come in bursts. Charging the population's worker CPU in each
+fetch's batch, instead of as a stream, is the next step.
 The checker's figures (metrics.json) are exact for the sampled conversations.
 """
 

@@ -1,5 +1,5 @@
 """The model against the real stages, stage by stage: each stage is calibrated from the
-two lowest levels of its real capacity ladder, then every level of that ladder is
+levels of its real capacity ladder that held, then every level of that ladder is
 simulated on this machine's shared cores and compared (push p50 and p99, deliveries per
 second, losses), as is the knee; with `--faults`, each stage's faults at one low load.
 
@@ -7,7 +7,9 @@ second, losses), as is the knee; with `--faults`, each stage's faults at one low
         [--faults] [--write-defaults] [--out runs/fidelity]
 
 Without `--ladders` it first climbs the ladders (`imlab capacity --stages`, dm, from 100
-msgs/s, doubling, each level warmed for `--warmup` seconds first). Levels above the second are predictions: nothing was fitted to them.
+msgs/s, doubling, each level warmed for `--warmup` seconds first). Only CPU is fitted
+(and the link, on the two lowest levels): every latency, the failing levels and the
+knee are predictions.
 `--write-defaults` writes each stage's calibration to sim/calibration/<stage>.json (the
 defaults of `imlab sim`). Prints and writes fidelity.json and fidelity.md with the machine.
 """
